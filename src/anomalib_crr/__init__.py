@@ -1,0 +1,14 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""anomalib-crr: CRR and MFRNet anomaly-detection models for anomalib.
+
+Importing this package registers the models with anomalib (they subclass ``AnomalibModule``), so
+``anomalib train --model CRR``, ``anomalib.models.get_model("crr")`` and ``list_models()`` find them.
+"""
+
+from anomalib_crr.models import CRR
+
+__version__ = "0.1.0"
+
+__all__ = ["CRR", "__version__"]

@@ -1,0 +1,21 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""Building blocks of CRR: encoder loading, masked bottleneck, segmentation head, anomaly synthesis."""
+
+from .bottleneck import MaskAtInference, MaskedNoisyBottleneck, MaskGranularity
+from .encoder import build_encoder, dino_architecture
+from .seg_head import CrrSegHead
+from .synthesis import CrrAnomalySynthesizer, SyntheticAnomalies, grid_shuffle
+
+__all__ = [
+    "CrrAnomalySynthesizer",
+    "CrrSegHead",
+    "MaskAtInference",
+    "MaskGranularity",
+    "MaskedNoisyBottleneck",
+    "SyntheticAnomalies",
+    "build_encoder",
+    "dino_architecture",
+    "grid_shuffle",
+]

@@ -1,0 +1,399 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""CRR: Collaborative Reconstruction and Repair for (multi-class) industrial anomaly detection.
+
+Paper: Q. Wang et al., *Collaborative Reconstruction and Repair for Multi-class Industrial Anomaly
+Detection*, arXiv:2512.11401. Official code: https://github.com/Qiqigeww/CRR-MUAD (a Dinomaly fork).
+
+CRR extends Dinomaly in three ways: the decoder also receives synthetic-anomaly images and must
+output the *clean* image's encoder features (repair); 40 % of the fused feature elements are masked
+before the bottleneck; and a segmentation head, trained in a second stage with everything else
+frozen, is fused into the anomaly map.
+
+Both stages run inside a single ``Engine.fit``: the first ``stage1_steps`` optimizer steps train the
+bottleneck and decoder, the next ``stage2_steps`` train the segmentation head.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_crr import CRR
+    >>> model = CRR(stage1_steps=10_000, stage2_steps=8_000)
+    >>> Engine().fit(model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.data.utils import download_and_extract
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.models.image.dinomaly.components import StableAdamW, WarmCosineScheduler
+from anomalib.models.image.draem.lightning_model import DTD_DOWNLOAD_INFO
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize, Transform
+
+from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
+from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
+from .torch_model import CrrModel
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 448
+DEFAULT_CROP_SIZE = 392
+PATCH_SIZE = 14
+
+
+def _flatten_transforms(transform: Transform | None) -> Iterator[Transform]:
+    if transform is None:
+        return
+    if isinstance(transform, Compose):
+        for inner in transform.transforms:
+            yield from _flatten_transforms(inner)
+    else:
+        yield transform
+
+
+def _output_size(transforms: Sequence[Transform]) -> tuple[int, int] | None:
+    """Spatial size the transform chain produces, when a Resize/CenterCrop fixes it."""
+    size: tuple[int, int] | None = None
+    for transform in transforms:
+        if isinstance(transform, (Resize, CenterCrop)) and transform.size is not None:
+            value = transform.size
+            if isinstance(value, int):
+                size = (value, value) if isinstance(transform, CenterCrop) else None
+            elif len(value) == 1:
+                size = (value[0], value[0]) if isinstance(transform, CenterCrop) else None
+            else:
+                size = (int(value[0]), int(value[1]))
+    return size
+
+
+class CRR(AnomalibModule):
+    """CRR Lightning module.
+
+    Args:
+        encoder_name: timm DINOv2-R ViT: ``vit_small|base|large_patch14_reg4_dinov2``.
+        encoder_weights: ``"pretrained"`` (download with timm), a local checkpoint path, or ``None`` (random init:
+            tests and offline smoke runs only).
+        stage1_steps: Optimizer steps of stage I (reconstruction + repair; bottleneck and decoder).
+        stage2_steps: Optimizer steps of stage II (segmentation head; everything else frozen).
+        mask_ratio: Fraction λ of fused feature elements masked before the bottleneck during training.
+        mask_at_inference: ``"expectation"`` (deterministic), ``"random"`` (official) or ``"off"``.
+        mask_granularity: ``"element"`` (official) or ``"token"``.
+        bottleneck_dropout: Dropout of the bottleneck MLP.
+        decoder_depth: Number of decoder blocks.
+        target_layers: Encoder blocks to reconstruct (default per encoder size).
+        fuse_layer_encoder: Encoder layer groups (default ``[[0, 1, 2, 3], [4, 5, 6, 7]]``).
+        fuse_layer_decoder: Decoder layer groups, on reversed decoder outputs (same default).
+        seg_base_width: Base width of the segmentation head.
+        seg_output_size: Side of the segmentation output and of the map the score is computed on.
+        fusion_alpha: Weight of the reconstruction map in the fused map (1: reconstruction only, 0: seg only).
+        dtd_dir: Texture folder for synthesis (DTD layout); downloaded at fit start if missing. ``None``: Perlin-noise
+            textures, no download.
+        lr: Peak stage-I learning rate (StableAdamW, warm-up then cosine).
+        final_lr: Final stage-I learning rate.
+        warmup_steps: Stage-I warm-up steps.
+        weight_decay: Stage-I weight decay.
+        grad_clip: Stage-I gradient-norm clip.
+        seg_lr: Stage-II learning rate (Adam, constant).
+        pre_processor: Pre-processor; must not normalise (CRR normalises inside the model after synthesis).
+        post_processor: Post-processor.
+        evaluator: Evaluator.
+        visualizer: Visualizer.
+    """
+
+    def __init__(
+        self,
+        encoder_name: str = "vit_base_patch14_reg4_dinov2",
+        encoder_weights: str | Path | None = "pretrained",
+        stage1_steps: int = 10_000,
+        stage2_steps: int = 8_000,
+        mask_ratio: float = 0.4,
+        mask_at_inference: MaskAtInference | str = MaskAtInference.EXPECTATION,
+        mask_granularity: MaskGranularity | str = MaskGranularity.ELEMENT,
+        bottleneck_dropout: float = 0.4,
+        decoder_depth: int = 8,
+        target_layers: list[int] | None = None,
+        fuse_layer_encoder: list[list[int]] | None = None,
+        fuse_layer_decoder: list[list[int]] | None = None,
+        seg_base_width: int = 192,
+        seg_output_size: int = 256,
+        fusion_alpha: float = 0.7,
+        dtd_dir: str | Path | None = "./datasets/dtd",
+        lr: float = 2e-3,
+        final_lr: float = 2e-4,
+        warmup_steps: int = 100,
+        weight_decay: float = 1e-4,
+        grad_clip: float = 0.1,
+        seg_lr: float = 1e-4,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if stage1_steps < 0 or stage2_steps < 0 or stage1_steps + stage2_steps == 0:
+            msg = f"stage1_steps and stage2_steps must be >= 0 and not both 0, got {stage1_steps}, {stage2_steps}"
+            raise ValueError(msg)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self._check_pre_processor()
+        self.model: CrrModel = CrrModel(
+            encoder_name=encoder_name,
+            encoder_weights=encoder_weights,
+            target_layers=target_layers,
+            fuse_layer_encoder=fuse_layer_encoder,
+            fuse_layer_decoder=fuse_layer_decoder,
+            decoder_depth=decoder_depth,
+            bottleneck_dropout=bottleneck_dropout,
+            mask_ratio=mask_ratio,
+            mask_at_inference=mask_at_inference,
+            mask_granularity=mask_granularity,
+            seg_base_width=seg_base_width,
+            seg_output_size=seg_output_size,
+            fusion_alpha=fusion_alpha,
+        )
+        self.stage1_steps = stage1_steps
+        self.stage2_steps = stage2_steps
+        self.dtd_dir = dtd_dir
+        self.lr, self.final_lr, self.warmup_steps = lr, final_lr, warmup_steps
+        self.weight_decay, self.grad_clip, self.seg_lr = weight_decay, grad_clip, seg_lr
+        self.loss = CrrReconstructionRepairLoss()
+        self.seg_loss = CrrFocalLoss()
+        self.synthesizer: CrrAnomalySynthesizer | None = None
+        # Steps taken so far; a buffer so it is saved in checkpoints and resumes the right stage.
+        self.register_buffer("train_step_count", torch.tensor(0, dtype=torch.long))
+        self.automatic_optimization = False
+
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def configure_pre_processor(
+        cls,
+        image_size: tuple[int, int] | None = None,
+        crop_size: int | None = None,
+    ) -> PreProcessor:
+        """Resize (448² by default) and centre-crop (392² by default); no ``Normalize``.
+
+        Args:
+            image_size: Resize target (height, width).
+            crop_size: Side of the square centre crop, a multiple of the patch size 14.
+
+        Raises:
+            ValueError: If the crop is not a multiple of 14 or larger than the resized image.
+        """
+        image_size = tuple(image_size) if image_size is not None else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+        crop_size = crop_size or DEFAULT_CROP_SIZE
+        if crop_size % PATCH_SIZE:
+            msg = (
+                f"crop_size {crop_size} is not a multiple of the DINOv2 patch size {PATCH_SIZE}; "
+                f"use e.g. {max(1, crop_size // PATCH_SIZE) * PATCH_SIZE}"
+            )
+            raise ValueError(msg)
+        if crop_size > min(image_size):
+            msg = f"crop_size {crop_size} cannot be larger than image_size {image_size}"
+            raise ValueError(msg)
+        return PreProcessor(transform=Compose([Resize(image_size, antialias=True), CenterCrop(crop_size)]))
+
+    def _check_pre_processor(self) -> None:
+        """Reject pre-processors that normalise or produce sizes that do not tile into 14-pixel patches."""
+        if not isinstance(self.pre_processor, PreProcessor):
+            return
+        transforms = list(_flatten_transforms(self.pre_processor.transform))
+        if any(isinstance(transform, Normalize) for transform in transforms):
+            msg = (
+                "CRR's pre-processor must not contain Normalize: CRR synthesises anomalies on [0, 1] images and "
+                "applies ImageNet normalisation inside the model. Use CRR.configure_pre_processor(...) or a "
+                "transform with only Resize/CenterCrop."
+            )
+            raise ValueError(msg)
+        size = _output_size(transforms)
+        if size is not None and (size[0] % PATCH_SIZE or size[1] % PATCH_SIZE):
+            msg = (
+                f"The pre-processor produces {size[0]}x{size[1]} images, which is not a multiple of the DINOv2 "
+                f"patch size {PATCH_SIZE}; use a crop/resize size such as {max(1, size[0] // PATCH_SIZE) * PATCH_SIZE}."
+            )
+            raise ValueError(msg)
+
+    @classmethod
+    def checkpoint_safe_globals(cls) -> Sequence[Any]:
+        """Enums that may appear in saved hyper-parameters."""
+        return (MaskAtInference, MaskGranularity)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> CRR:  # type: ignore[override]
+        """Rebuild from a checkpoint without downloading encoder weights: the checkpoint holds them."""
+        kwargs.setdefault("encoder_weights", None)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
+
+    @property
+    def learning_type(self) -> LearningType:
+        """CRR learns from normal images only."""
+        return LearningType.ONE_CLASS
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of a full fit (stage I + stage II)."""
+        return self.stage1_steps + self.stage2_steps
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """Run exactly ``stage1_steps + stage2_steps`` steps and validate once, at the end.
+
+        Clipping is done manually in stage I only; validation costs a full seg-head pass per image, and
+        thresholds come from the last validation, so validating once at the end is enough.
+        """
+        return {
+            "max_steps": self.total_steps,
+            "gradient_clip_val": 0,
+            "num_sanity_val_steps": 0,
+            "val_check_interval": self.total_steps,
+            "check_val_every_n_epoch": None,
+        }
+
+    def configure_optimizers(self) -> OptimizerLRScheduler:
+        """StableAdamW + warm cosine for bottleneck/decoder (stage I); constant Adam for the seg head (stage II)."""
+        reconstruction_params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        stage1_optimizer = StableAdamW(
+            reconstruction_params,
+            lr=self.lr,
+            betas=(0.9, 0.999),
+            weight_decay=self.weight_decay,
+            amsgrad=True,
+            eps=1e-10,
+        )
+        stage1_total = max(self.stage1_steps, 1)
+        scheduler = WarmCosineScheduler(
+            stage1_optimizer,
+            base_value=self.lr,
+            final_value=self.final_lr,
+            total_iters=stage1_total,
+            warmup_iters=min(self.warmup_steps, stage1_total),
+        )
+        stage2_optimizer = torch.optim.Adam(self.model.seg_head.parameters(), lr=self.seg_lr)
+        return [stage1_optimizer, stage2_optimizer], [scheduler]
+
+    # ------------------------------------------------------------------ training
+    def _texture_dir(self) -> Path | None:
+        """The DTD folder, downloaded when missing; ``None`` when synthesis should use Perlin-noise textures."""
+        if self.dtd_dir is None:
+            return None
+        dtd_dir = Path(self.dtd_dir)
+        if dtd_dir.is_dir() and any(p.suffix.lower() in {".jpg", ".jpeg", ".png"} for p in dtd_dir.rglob("*")):
+            return dtd_dir
+        created = not dtd_dir.exists()
+        try:
+            download_and_extract(dtd_dir, DTD_DOWNLOAD_INFO)
+        except Exception as exc:
+            if created and dtd_dir.is_dir() and not any(dtd_dir.iterdir()):
+                shutil.rmtree(dtd_dir)
+            msg = (
+                f"dtd_dir '{dtd_dir}' holds no texture images and downloading DTD from {DTD_DOWNLOAD_INFO.url} "
+                f"failed ({type(exc).__name__}: {exc}). Offline, pass dtd_dir=None (CLI: --model.dtd_dir null) to "
+                "synthesise anomalies from Perlin-noise textures and the image itself, or point dtd_dir at a copy "
+                "of DTD."
+            )
+            raise RuntimeError(msg) from exc
+        return dtd_dir
+
+    def on_fit_start(self) -> None:
+        """Create the anomaly synthesiser (and fetch DTD if requested) before the first step."""
+        self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir())
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One optimizer step of stage I or stage II, chosen by the step counter."""
+        del args, kwargs
+        if self.synthesizer is None:
+            self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir())
+        step = int(self.train_step_count)
+        if step < self.stage1_steps:
+            loss = self._stage1_step(batch.image, step)
+            self.log("train_loss_stage1", loss, on_step=True, prog_bar=False)
+        else:
+            loss = self._stage2_step(batch.image)
+            self.log("train_loss_stage2", loss, on_step=True, prog_bar=False)
+        self.train_step_count += 1
+        self.log("train_loss", loss, on_step=True, prog_bar=True)
+        return {"loss": loss}
+
+    def _stage1_step(self, images: torch.Tensor, step: int) -> torch.Tensor:
+        """Reconstruction + repair: ``L(E(x), D(x)) + L(E(x), D(x̃))`` with one encoder/decoder pass on [x; x̃]."""
+        optimizer = self.optimizers()[0]
+        scheduler = self.lr_schedulers()
+        assert self.synthesizer is not None
+        synthetic = self.synthesizer(images)
+        encoder_maps, decoder_maps = self.model.extract_features(torch.cat([images, synthetic.image]))
+        batch_size = images.shape[0]
+        loss = self.loss(
+            clean_encoder=[feature[:batch_size] for feature in encoder_maps],
+            clean_decoder=[feature[:batch_size] for feature in decoder_maps],
+            repaired_decoder=[feature[batch_size:] for feature in decoder_maps],
+            step=step,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler.step()
+        return loss.detach()
+
+    def freeze_reconstruction(self) -> None:
+        """Stage II: bottleneck and decoder frozen and in eval mode (dropout off, inference-mode mask)."""
+        for module in (self.model.bottleneck, self.model.decoder):
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def _stage2_step(self, images: torch.Tensor) -> torch.Tensor:
+        """Segmentation: focal loss of the seg head on the synthetic image against its mask."""
+        optimizer = self.optimizers()[1]
+        self.freeze_reconstruction()
+        if not self.model.seg_head_trained:
+            self.model.mark_seg_head_trained()
+        assert self.synthesizer is not None
+        with torch.no_grad():
+            synthetic = self.synthesizer(images)
+            encoder_maps, decoder_maps = self.model.extract_features(synthetic.image)
+        logits = self.model.segment(encoder_maps, decoder_maps)
+        target = F.interpolate(synthetic.mask, size=logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
+        loss = self.seg_loss(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss.detach()
+
+    def on_train_end(self) -> None:
+        """Warn when the trainer stopped before both stages finished (e.g. a ``max_epochs`` limit)."""
+        done = int(self.train_step_count)
+        if done < self.total_steps:
+            logger.warning(
+                "CRR training stopped after %d of %d steps (stage I %d, stage II %d); %s",
+                done,
+                self.total_steps,
+                self.stage1_steps,
+                self.stage2_steps,
+                "the segmentation head is untrained, so maps use reconstruction only."
+                if done <= self.stage1_steps
+                else "the segmentation head is partly trained.",
+            )
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Predict scores and maps for the validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)

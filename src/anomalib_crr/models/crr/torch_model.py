@@ -1,0 +1,284 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""PyTorch model of CRR (Collaborative Reconstruction and Repair).
+
+Data flow for an image batch ``x`` in [0, 1] (B, 3, H, W), H and W multiples of the patch size 14:
+
+1. ImageNet normalisation (inside the model, because anomaly synthesis needs [0, 1] images).
+2. Frozen DINOv2-R encoder → tokens of the target blocks ``f_l`` (B, N, C), N = 1 + registers + patches.
+3. Fusion ``f̄ = mean_l f_l`` → masked noisy bottleneck → linear-attention decoder blocks ``g_1..g_L``.
+4. Groups ``E_g = mean(f_l, l ∈ group)``, ``D_g = mean(g_l, l ∈ group)`` (decoder outputs reversed), patch tokens
+   reshaped to (B, C, h, w).
+5. Eval: ``A_rec = mean_g up(1 − cos(E_g, D_g))``, ``A_seg = softmax(Seg(S))[1]`` with
+   ``S = concat_g[−norm(E_g)·norm(D_g)]``, ``A = α·A_rec + (1 − α)·A_seg``, Gaussian blur, score = mean of the top 1 %.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.data import InferenceBatch
+from anomalib.models.components import GaussianBlur2d
+from anomalib.models.image.dinomaly.components import DinomalyMLP, LinearAttention
+from anomalib.models.image.dinomaly.torch_model import DecoderViTBlock
+from torch import nn
+
+from .components import (
+    CrrSegHead,
+    MaskAtInference,
+    MaskedNoisyBottleneck,
+    MaskGranularity,
+    build_encoder,
+    dino_architecture,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_GROUPS = [[0, 1, 2, 3], [4, 5, 6, 7]]
+L2_EPS = 1e-12
+
+
+def _sync_after_load(module: CrrModel, incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook (a module-level function, so the model stays picklable for torch export)."""
+    del incompatible_keys
+    module.sync_seg_state()
+
+
+def _validate_groups(groups: list[list[int]], num_layers: int, name: str) -> list[list[int]]:
+    flat = [index for group in groups for index in group]
+    if not groups or not all(groups) or any(not 0 <= index < num_layers for index in flat):
+        msg = f"{name}={groups} must be non-empty groups of indices in [0, {num_layers - 1}]"
+        raise ValueError(msg)
+    return [list(group) for group in groups]
+
+
+class CrrModel(nn.Module):
+    """CRR network: frozen encoder, masked noisy bottleneck, linear-attention decoder and segmentation head.
+
+    Args:
+        encoder_name: timm DINOv2-R ViT name (``vit_small|base|large_patch14_reg4_dinov2``).
+        encoder_weights: ``"pretrained"`` (download), a local checkpoint path, or ``None`` (random init).
+        target_layers: Encoder blocks whose tokens are reconstructed. ``None``: 2..9 (S/B), 4..18 step 2 (L).
+        fuse_layer_encoder: Groups of target-layer positions averaged into ``E_g``.
+        fuse_layer_decoder: Groups of (reversed) decoder-block positions averaged into ``D_g``.
+        decoder_depth: Number of decoder blocks.
+        bottleneck_dropout: Dropout of the bottleneck MLP.
+        mask_ratio: Fraction λ of fused-token elements zeroed before the bottleneck in training.
+        mask_at_inference: ``"expectation"``, ``"random"`` or ``"off"``, see :class:`MaskAtInference`.
+        mask_granularity: ``"element"`` (official) or ``"token"``.
+        seg_base_width: Base width of the segmentation head (192 in the paper).
+        seg_output_size: Side of the segmentation logits and of the map the score is taken on (256).
+        fusion_alpha: Weight α of the reconstruction map in the fused map.
+        max_ratio: Fraction of the highest map values averaged into the image score.
+    """
+
+    def __init__(
+        self,
+        encoder_name: str = "vit_base_patch14_reg4_dinov2",
+        encoder_weights: str | Path | None = "pretrained",
+        target_layers: list[int] | None = None,
+        fuse_layer_encoder: list[list[int]] | None = None,
+        fuse_layer_decoder: list[list[int]] | None = None,
+        decoder_depth: int = 8,
+        bottleneck_dropout: float = 0.4,
+        mask_ratio: float = 0.4,
+        mask_at_inference: MaskAtInference | str = MaskAtInference.EXPECTATION,
+        mask_granularity: MaskGranularity | str = MaskGranularity.ELEMENT,
+        seg_base_width: int = 192,
+        seg_output_size: int = 256,
+        fusion_alpha: float = 0.7,
+        max_ratio: float = 0.01,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= fusion_alpha <= 1.0:
+            msg = f"fusion_alpha must be in [0, 1], got {fusion_alpha}"
+            raise ValueError(msg)
+        if not 0.0 < max_ratio <= 1.0:
+            msg = f"max_ratio must be in (0, 1], got {max_ratio}"
+            raise ValueError(msg)
+        arch = dino_architecture(encoder_name)
+        embed_dim, num_heads = arch["embed_dim"], arch["num_heads"]
+        self.target_layers = list(target_layers) if target_layers is not None else arch["target_layers"]
+        self.fuse_layer_encoder = _validate_groups(
+            fuse_layer_encoder or DEFAULT_GROUPS, len(self.target_layers), "fuse_layer_encoder"
+        )
+        self.fuse_layer_decoder = _validate_groups(fuse_layer_decoder or DEFAULT_GROUPS, decoder_depth, "fuse_layer_decoder")
+        if len(self.fuse_layer_encoder) != len(self.fuse_layer_decoder):
+            msg = "fuse_layer_encoder and fuse_layer_decoder must have the same number of groups"
+            raise ValueError(msg)
+        self.fusion_alpha = fusion_alpha
+        self.max_ratio = max_ratio
+        self.seg_output_size = seg_output_size
+
+        self.encoder = build_encoder(encoder_name, encoder_weights, self.target_layers)
+        self.patch_size: int = self.encoder.patch_size
+        self.num_prefix_tokens: int = self.encoder.num_prefix_tokens
+
+        self.bottleneck = MaskedNoisyBottleneck(
+            dim=embed_dim,
+            hidden_dim=embed_dim * 4,
+            dropout=bottleneck_dropout,
+            mask_ratio=mask_ratio,
+            mask_at_inference=mask_at_inference,
+            granularity=mask_granularity,
+        )
+        self.decoder = nn.ModuleList([self._decoder_block(embed_dim, num_heads) for _ in range(decoder_depth)])
+        self.seg_head = CrrSegHead(
+            in_channels=embed_dim * len(self.fuse_layer_encoder),
+            base_width=seg_base_width,
+            out_channels=2,
+            output_size=seg_output_size,
+        )
+        self.gaussian_blur = GaussianBlur2d(sigma=4, channels=1, kernel_size=5)
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Whether stage II has trained the seg head. A buffer so it travels in checkpoints; mirrored in a
+        # Python bool because a branch on a tensor value cannot be exported.
+        self.register_buffer("seg_head_trained", torch.tensor(False))
+        self._seg_active = False
+        self.register_load_state_dict_post_hook(_sync_after_load)
+        self._init_trainable_weights()
+
+    @staticmethod
+    def _decoder_block(dim: int, num_heads: int) -> DecoderViTBlock:
+        """Dinomaly's decoder block with linear attention; CRR's MLP has biases (anomalib's has none)."""
+        block = DecoderViTBlock(
+            dim=dim,
+            num_heads=num_heads,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            norm_layer=partial(nn.LayerNorm, eps=1e-8),  # type: ignore[arg-type]
+            attn_drop=0.0,
+            attn=LinearAttention,
+        )
+        block.mlp = DinomalyMLP(in_features=dim, hidden_features=dim * 4, out_features=dim, drop=0.0, bias=True)
+        return block
+
+    def _init_trainable_weights(self) -> None:
+        """Official init of bottleneck and decoder: Linear trunc_normal(0.01, ±0.03), bias 0; LayerNorm 1/0."""
+        for module in [*self.bottleneck.modules(), *self.decoder.modules()]:
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.01, a=-0.03, b=0.03)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ state of the seg head
+    def sync_seg_state(self) -> None:
+        """Refresh the Python mirror of ``seg_head_trained`` (after loading a state dict)."""
+        self._seg_active = bool(self.seg_head_trained)
+
+    def mark_seg_head_trained(self) -> None:
+        """Switch inference to the fused map; called when stage II starts updating the seg head."""
+        self.seg_head_trained.fill_(True)
+        self._seg_active = True
+
+    # ------------------------------------------------------------------ features
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise if the image does not tile into whole patches."""
+        if height % self.patch_size or width % self.patch_size:
+            msg = (
+                f"Input size {height}x{width} is not a multiple of the encoder patch size {self.patch_size}: "
+                f"use a crop size such as {max(1, height // self.patch_size) * self.patch_size} "
+                "(CRR.configure_pre_processor(crop_size=...))."
+            )
+            raise ValueError(msg)
+
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Normalise [0, 1] images and return the frozen encoder's target-block tokens, each (B, N, C)."""
+        self.check_input_size(images.shape[-2], images.shape[-1])
+        images = (images - self.image_mean) / self.image_std
+        dtype = next(self.encoder.parameters()).dtype
+        features = self.encoder(images.to(dtype))
+        return [features[f"blocks.{index}"] for index in self.target_layers]
+
+    def decode(self, encoder_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Fuse, mask and restore the encoder tokens; returns decoder block outputs, deepest first."""
+        x = self.bottleneck(torch.stack(encoder_tokens, dim=1).mean(dim=1))
+        outputs = []
+        for block in self.decoder:
+            x = block(x)
+            outputs.append(x)
+        return outputs[::-1]
+
+    def _groups(self, tokens: list[torch.Tensor], groups: list[list[int]], grid: tuple[int, int]) -> list[torch.Tensor]:
+        maps = []
+        for group in groups:
+            fused = torch.stack([tokens[index] for index in group], dim=1).mean(dim=1)
+            patches = fused[:, self.num_prefix_tokens :, :]
+            maps.append(patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], *grid))
+        return maps
+
+    def extract_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return the grouped encoder and decoder feature maps ``E_g``, ``D_g``, each (B, C, h, w)."""
+        grid = (images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size)
+        encoder_tokens = self.encode(images)
+        decoder_tokens = self.decode(encoder_tokens)
+        encoder_maps = self._groups(encoder_tokens, self.fuse_layer_encoder, grid)
+        decoder_maps = self._groups(decoder_tokens, self.fuse_layer_decoder, grid)
+        return encoder_maps, decoder_maps
+
+    @staticmethod
+    def segmentation_input(encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
+        """``S = concat_g[−norm(E_g)·norm(D_g)]``; per group its channel sum is ``−cos(E_g, D_g)``."""
+        products = []
+        for encoder_map, decoder_map in zip(encoder_maps, decoder_maps, strict=True):
+            encoder_unit = encoder_map.detach() / (encoder_map.detach().norm(dim=1, keepdim=True) + L2_EPS)
+            decoder_unit = decoder_map / (decoder_map.norm(dim=1, keepdim=True) + L2_EPS)
+            products.append(-encoder_unit * decoder_unit)
+        return torch.cat(products, dim=1)
+
+    def segment(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
+        """Segmentation logits (B, 2, S, S) from the grouped features."""
+        return self.seg_head(self.segmentation_input(encoder_maps, decoder_maps))
+
+    # ------------------------------------------------------------------ maps and scores
+    def reconstruction_map(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
+        """``A_rec``: mean over groups of ``1 − cos(E_g, D_g)``, bilinearly upsampled to the seg size (B, 1, S, S)."""
+        size = (self.seg_output_size, self.seg_output_size)
+        maps = [
+            F.interpolate(
+                (1 - F.cosine_similarity(encoder_map, decoder_map, dim=1)).unsqueeze(1),
+                size=size,
+                mode="bilinear",
+                align_corners=True,
+            )
+            for encoder_map, decoder_map in zip(encoder_maps, decoder_maps, strict=True)
+        ]
+        return torch.stack(maps, dim=0).mean(dim=0)
+
+    def fused_map(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
+        """``α·A_rec + (1 − α)·A_seg`` before smoothing; ``A_rec`` alone until stage II has started."""
+        alpha = self.fusion_alpha if self._seg_active else 1.0
+        if alpha == 1.0:
+            return self.reconstruction_map(encoder_maps, decoder_maps)
+        seg_map = torch.softmax(self.segment(encoder_maps, decoder_maps), dim=1)[:, 1:2]
+        if alpha == 0.0:
+            return seg_map
+        return alpha * self.reconstruction_map(encoder_maps, decoder_maps) + (1 - alpha) * seg_map
+
+    def score(self, smoothed_map: torch.Tensor) -> torch.Tensor:
+        """Image score: mean of the top ``max_ratio`` fraction of the smoothed map's values (B,)."""
+        flat = smoothed_map.flatten(1)
+        k = max(1, int(flat.shape[1] * self.max_ratio))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
+        """Training: grouped features ``(E, D)`` for the losses. Eval: ``InferenceBatch(pred_score, anomaly_map)``.
+
+        Args:
+            images: Images in [0, 1], (B, 3, H, W), H and W multiples of the patch size.
+        """
+        encoder_maps, decoder_maps = self.extract_features(images)
+        if self.training:
+            return encoder_maps, decoder_maps
+        smoothed = self.gaussian_blur(self.fused_map(encoder_maps, decoder_maps).float())
+        pred_score = self.score(smoothed)
+        anomaly_map = F.interpolate(smoothed, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
