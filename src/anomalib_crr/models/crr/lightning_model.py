@@ -260,7 +260,7 @@ class CRR(AnomalibModule):
         """
         return {
             "max_steps": self.total_steps,
-            "gradient_clip_val": 0,
+            "gradient_clip_val": None,
             "num_sanity_val_steps": 0,
             "val_check_interval": self.total_steps,
             "check_val_every_n_epoch": None,
