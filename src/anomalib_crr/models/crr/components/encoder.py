@@ -11,8 +11,13 @@ offline smoke runs). Every failure names the file or the hub id and says how to 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
@@ -52,6 +57,41 @@ def _hub_id(encoder_name: str) -> str:
     return f"hf-hub:{hub}" if hub else f"timm:{encoder_name}"
 
 
+def _hub_resolvable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub host resolves; a DNS failure answers at once, unlike the hub's retries."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(previous)
+    return True
+
+
+@contextlib.contextmanager
+def _offline_hub_if_unreachable() -> Iterator[None]:
+    """Put huggingface_hub in offline mode while the hub cannot be reached.
+
+    Without this, a machine without internet access retries each request for about a minute before
+    failing. Offline mode fails at once, and still loads weights already in the local cache.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        yield
+        return
+    previous = constants.HF_HUB_OFFLINE
+    if not previous and not _hub_resolvable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
 def build_encoder(
     encoder_name: str,
     encoder_weights: str | Path | None,
@@ -88,16 +128,17 @@ def build_encoder(
 
     layers = [f"blocks.{i}" for i in target_layers]
     try:
-        encoder = TimmFeatureExtractor(
-            backbone=encoder_name,
-            layers=layers,
-            pre_trained=download,
-            requires_grad=False,
-            output_fmt="NLC",
-            return_class_token=True,
-            norm=False,
-            dynamic_img_size=True,
-        )
+        with _offline_hub_if_unreachable() if download else contextlib.nullcontext():
+            encoder = TimmFeatureExtractor(
+                backbone=encoder_name,
+                layers=layers,
+                pre_trained=download,
+                requires_grad=False,
+                output_fmt="NLC",
+                return_class_token=True,
+                norm=False,
+                dynamic_img_size=True,
+            )
     except Exception as exc:
         if not download:
             raise

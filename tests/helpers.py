@@ -1,0 +1,44 @@
+"""Helpers shared by the tests: a tiny CRR configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+TINY_IMAGE = 64
+TINY_CROP = 56  # 4 x 4 patches of 14 px
+
+# ViT-S/14 DINOv2-R, random init, pruned to 2 blocks; a 2-block decoder; a narrow seg head.
+TINY_CRR: dict[str, Any] = {
+    "encoder_name": "vit_small_patch14_reg4_dinov2",
+    "encoder_weights": None,
+    "target_layers": [0, 1],
+    "decoder_depth": 2,
+    "fuse_layer_encoder": [[0], [1]],
+    "fuse_layer_decoder": [[0], [1]],
+    "seg_base_width": 8,
+    "seg_output_size": 32,
+    "warmup_steps": 1,
+    "dtd_dir": None,
+}
+
+
+def tiny_crr(**overrides: Any):
+    """A tiny CRR LightningModule with a 64 -> 56 pre-processor."""
+    from anomalib_crr import CRR
+
+    kwargs = {**TINY_CRR, "stage1_steps": 2, "stage2_steps": 2, **overrides}
+    kwargs.setdefault("pre_processor", CRR.configure_pre_processor(image_size=(TINY_IMAGE, TINY_IMAGE), crop_size=TINY_CROP))
+    return CRR(**kwargs)
+
+
+def tiny_crr_model(**overrides: Any):
+    """A tiny CrrModel (torch module only)."""
+    from anomalib_crr.models.crr import CrrModel
+
+    kwargs = {k: v for k, v in TINY_CRR.items() if k not in {"warmup_steps", "dtd_dir"}}
+    return CrrModel(**{**kwargs, **overrides})
+
+
