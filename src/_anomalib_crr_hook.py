@@ -59,7 +59,7 @@ class _LoadAfterAnomalibModels(importlib.abc.MetaPathFinder, importlib.abc.Loade
         self._inner.exec_module(module)
         try:
             importlib.import_module("anomalib_crr")
-        except Exception as exc:  # noqa: BLE001 - never break anomalib itself because of the plugin
+        except Exception as exc:
             print(f"[anomalib_crr] auto-import after anomalib.models failed: {exc!r}", file=sys.stderr)
 
 

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-
 TINY_IMAGE = 64
 TINY_CROP = 56  # 4 x 4 patches of 14 px
 
@@ -30,7 +27,9 @@ def tiny_crr(**overrides: Any):
     from anomalib_crr import CRR
 
     kwargs = {**TINY_CRR, "stage1_steps": 2, "stage2_steps": 2, **overrides}
-    kwargs.setdefault("pre_processor", CRR.configure_pre_processor(image_size=(TINY_IMAGE, TINY_IMAGE), crop_size=TINY_CROP))
+    kwargs.setdefault(
+        "pre_processor", CRR.configure_pre_processor(image_size=(TINY_IMAGE, TINY_IMAGE), crop_size=TINY_CROP)
+    )
     return CRR(**kwargs)
 
 
@@ -40,5 +39,3 @@ def tiny_crr_model(**overrides: Any):
 
     kwargs = {k: v for k, v in TINY_CRR.items() if k not in {"warmup_steps", "dtd_dir"}}
     return CrrModel(**{**kwargs, **overrides})
-
-

@@ -29,7 +29,8 @@ def test_synthesis_always_corrupts_and_leaves_outside_of_mask_untouched() -> Non
     outside = synthetic.mask.expand_as(images) == 0
     assert torch.equal(synthetic.image[outside], images[outside])
     assert torch.all((synthetic.weight >= 0.2) & (synthetic.weight < 0.8))
-    assert synthetic.image.min() >= 0 and synthetic.image.max() <= 1
+    assert synthetic.image.min() >= 0
+    assert synthetic.image.max() <= 1
     inside = ~outside
     assert not torch.allclose(synthetic.image[inside], images[inside])
 
@@ -37,6 +38,7 @@ def test_synthesis_always_corrupts_and_leaves_outside_of_mask_untouched() -> Non
 def test_synthesis_blend_weight_inside_mask() -> None:
     """With a texture that is all zeros after augmentation, x̃ = (1 - w)·x inside the mask."""
     synthesizer = CrrAnomalySynthesizer(dtd_dir=None)
+
     class Blackout(torch.nn.Module):
         def forward(self, source: torch.Tensor) -> torch.Tensor:
             return torch.zeros_like(source)
@@ -58,7 +60,8 @@ def test_synthesis_reads_texture_folder(tmp_path) -> None:
     assert len(synthesizer.texture_paths) == 1
     texture = synthesizer.texture_source(16, 16, torch.device("cpu"))
     assert texture.shape == (3, 16, 16)
-    assert texture[0].mean() > 0.9 and texture[1].mean() < 0.1
+    assert texture[0].mean() > 0.9
+    assert texture[1].mean() < 0.1
 
 
 def test_grid_shuffle_is_a_permutation_of_strips() -> None:
@@ -86,7 +89,9 @@ def test_stage_one_loss_is_reconstruction_plus_repair_against_detached_clean_fea
     loss = loss_fn(clean_e, clean_d, repaired, step=0)
 
     def global_cosine(e: list[torch.Tensor], d: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([(1 - F.cosine_similarity(a.flatten(1), b.flatten(1))).mean() for a, b in zip(e, d)]).mean()
+        return torch.stack(
+            [(1 - F.cosine_similarity(a.flatten(1), b.flatten(1))).mean() for a, b in zip(e, d, strict=True)]
+        ).mean()
 
     torch.testing.assert_close(loss, global_cosine(clean_e, clean_d) + global_cosine(clean_e, repaired))
     loss.backward()
@@ -107,7 +112,10 @@ def test_a_step_on_the_repair_term_lowers_the_repair_distance() -> None:
         with torch.no_grad():
             clean_e, _ = model.extract_features(clean)
             _, repaired = model.extract_features(corrupted)
-            value = sum((1 - F.cosine_similarity(e.flatten(1), d.flatten(1))).mean() for e, d in zip(clean_e, repaired))
+            value = sum(
+                (1 - F.cosine_similarity(e.flatten(1), d.flatten(1))).mean()
+                for e, d in zip(clean_e, repaired, strict=True)
+            )
         model.train()
         return float(value)
 
@@ -161,7 +169,7 @@ def test_original_dinov2_key_names_are_converted(tmp_path) -> None:
 
 def test_missing_weights_file_names_the_file(tmp_path) -> None:
     missing = tmp_path / "nope.safetensors"
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         tiny_crr(encoder_weights=str(missing))
 
 
@@ -183,7 +191,7 @@ def test_unknown_encoder_is_rejected() -> None:
 def test_crop_size_not_multiple_of_14_is_rejected() -> None:
     with pytest.raises(ValueError, match="not a multiple of the DINOv2 patch size 14"):
         CRR.configure_pre_processor(image_size=(128, 128), crop_size=100)
-    with pytest.raises(ValueError, match="100x100.*patch size 14"):
+    with pytest.raises(ValueError, match=r"100x100.*patch size 14"):
         tiny_crr(pre_processor=PreProcessor(transform=Compose([Resize((100, 100))])))
     with pytest.raises(ValueError, match="not a multiple of the encoder patch size 14"):
         tiny_crr_model().eval()(torch.rand(1, 3, 50, 56))

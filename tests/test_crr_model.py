@@ -94,7 +94,10 @@ def test_fused_map_equals_independent_computation(alpha: float) -> None:
             ]
         ).mean(0)
         seg_in = torch.cat(
-            [-F.normalize(e, dim=1, eps=1e-12) * F.normalize(d, dim=1, eps=1e-12) for e, d in zip(encoder_maps, decoder_maps)],
+            [
+                -F.normalize(e, dim=1, eps=1e-12) * F.normalize(d, dim=1, eps=1e-12)
+                for e, d in zip(encoder_maps, decoder_maps, strict=True)
+            ],
             dim=1,
         )
         seg = torch.softmax(model.seg_head(seg_in), dim=1)[:, 1:2]
@@ -102,7 +105,9 @@ def test_fused_map_equals_independent_computation(alpha: float) -> None:
     expected_map = F.interpolate(expected, size=(TINY_CROP, TINY_CROP), mode="bilinear", align_corners=False)
     torch.testing.assert_close(output.anomaly_map, expected_map, rtol=1e-4, atol=1e-5)
     k = int(0.01 * 32 * 32)
-    torch.testing.assert_close(output.pred_score, expected.flatten(1).sort(dim=1, descending=True).values[:, :k].mean(1))
+    torch.testing.assert_close(
+        output.pred_score, expected.flatten(1).sort(dim=1, descending=True).values[:, :k].mean(1)
+    )
 
 
 def test_reconstruction_only_before_stage_two() -> None:

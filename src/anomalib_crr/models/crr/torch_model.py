@@ -106,7 +106,9 @@ class CrrModel(nn.Module):
         self.fuse_layer_encoder = _validate_groups(
             fuse_layer_encoder or DEFAULT_GROUPS, len(self.target_layers), "fuse_layer_encoder"
         )
-        self.fuse_layer_decoder = _validate_groups(fuse_layer_decoder or DEFAULT_GROUPS, decoder_depth, "fuse_layer_decoder")
+        self.fuse_layer_decoder = _validate_groups(
+            fuse_layer_decoder or DEFAULT_GROUPS, decoder_depth, "fuse_layer_decoder"
+        )
         if len(self.fuse_layer_encoder) != len(self.fuse_layer_decoder):
             msg = "fuse_layer_encoder and fuse_layer_decoder must have the same number of groups"
             raise ValueError(msg)

@@ -11,6 +11,8 @@ produce two-class logits; channel 1 is the anomaly class.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -63,7 +65,7 @@ class CrrSegHead(nn.Module):
         self.output_size = tuple(output_size)
         widths = [in_channels, base_width * 4, base_width * 2, base_width, max(base_width // 4, 1)]
         stages: list[nn.Module] = []
-        for stage, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        for stage, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             up_size = self.output_size if stage == len(widths) - 2 else None
             stages.append(_UpBlock(width_in, size=up_size))
             stages.append(nn.Sequential(*_conv_bn_relu(width_in, width_in), *_conv_bn_relu(width_in, width_out)))

@@ -1,0 +1,68 @@
+"""Registration with anomalib: get_model/list_models, the start-up hook and the anomalib-crr wrapper."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from anomalib.models import get_model, list_models
+
+from anomalib_crr import CRR
+from anomalib_crr.cli import main as crr_main
+
+from .helpers import TINY_CRR
+
+
+@pytest.mark.parametrize("name", ["crr", "CRR"])
+def test_get_model_finds_crr(name: str) -> None:
+    model = get_model(name, **dict(TINY_CRR.items()))
+    assert isinstance(model, CRR)
+
+
+def test_list_models_includes_crr() -> None:
+    assert {"crr", "c_r_r"} & set(list_models())
+
+
+def test_startup_hook_is_installed_and_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, _anomalib_crr_hook as h; "
+        "print(any(isinstance(f, h._LoadAfterAnomalibModels) for f in sys.meta_path), "
+        "'torch' in sys.modules, 'anomalib' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False", "False"]
+
+
+def test_wrapper_prints_config_with_plugin_loaded(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        crr_main(
+            [
+                "train",
+                "--model",
+                "CRR",
+                "--model.encoder_weights",
+                "null",
+                "--data",
+                "anomalib.data.MVTecAD",
+                "--print_config",
+            ]
+        )
+    assert exit_info.value.code == 0
+    assert "class_path: anomalib_crr.CRR" in capsys.readouterr().out
+
+
+def test_demo_runs_offline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from anomalib_crr.demo import run_demo
+
+    args = ["--output", str(tmp_path), "--encoder-weights", "none", "--categories", "washer"]
+    args += ["--stage1-steps", "1", "--stage2-steps", "1", "--image-size", "56"]
+    results = run_demo(args)
+    assert results[0]["category"] == "washer"
+    assert 0.0 <= results[0]["image_AUROC"] <= 1.0
+    assert "image_AUROC" in capsys.readouterr().out
+    assert list((tmp_path / "results").rglob("images/*/*.png"))
+    # a second run reuses the dataset and writes a new results version instead of overwriting
+    run_demo(args)
+    assert len(list((tmp_path / "results" / "CRR" / "MVTecAD" / "washer").glob("v*"))) == 2
