@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 
-def _median_ms(fn, images: torch.Tensor, runs: int, warmup: int) -> float:  # noqa: ANN001
+def _median_ms(fn, images: torch.Tensor, runs: int, warmup: int) -> float:
     with torch.inference_mode():
         for _ in range(warmup):
             fn(images)
@@ -51,7 +51,7 @@ def _count(module: torch.nn.Module) -> int:
 
 
 def build_dinomaly(encoder: str) -> torch.nn.Module:
-    """anomalib's Dinomaly with a random-init encoder (it hard-codes a download otherwise)."""
+    """Build anomalib's Dinomaly with a random-init encoder (it hard-codes a download otherwise)."""
     import anomalib.models.image.dinomaly.torch_model as dinomaly_torch
     from anomalib.models import Dinomaly
     from anomalib.models.components.feature_extractors import TimmFeatureExtractor
@@ -88,15 +88,17 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:
     fused_ms = _median_ms(crr, images, args.runs, args.warmup)
     rows.append({"model": "CRR, fused map (default)", "ms_per_image": fused_ms, "params_M": _count(crr) / 1e6})
     for row in rows:
-        row.update({
-            "ratio_vs_dinomaly": row["ms_per_image"] / dinomaly_ms,
-            "encoder": args.encoder,
-            "crop": args.crop,
-            "batch": args.batch,
-            "runs": args.runs,
-            "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-            "threads": args.threads,
-        })
+        row.update(
+            {
+                "ratio_vs_dinomaly": row["ms_per_image"] / dinomaly_ms,
+                "encoder": args.encoder,
+                "crop": args.crop,
+                "batch": args.batch,
+                "runs": args.runs,
+                "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+                "threads": args.threads,
+            }
+        )
     params = {
         "encoder (frozen, pruned to the deepest target block)": _count(crr.encoder),
         "stage I trainable (bottleneck + decoder)": _count(crr.bottleneck) + _count(crr.decoder),
