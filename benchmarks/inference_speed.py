@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,8 +55,12 @@ def build_dinomaly(encoder: str) -> torch.nn.Module:
     from anomalib.models import Dinomaly
     from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 
+    def random_init_extractor(*args, **kwargs) -> TimmFeatureExtractor:
+        kwargs["pre_trained"] = False  # Dinomaly passes pre_trained=True explicitly
+        return TimmFeatureExtractor(*args, **kwargs)
+
     original = dinomaly_torch.TimmFeatureExtractor
-    dinomaly_torch.TimmFeatureExtractor = partial(TimmFeatureExtractor, pre_trained=False)
+    dinomaly_torch.TimmFeatureExtractor = random_init_extractor
     try:
         return Dinomaly(encoder_name=encoder).model.eval()
     finally:
