@@ -24,25 +24,30 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 
-def _median_ms(fn, images: torch.Tensor, runs: int, warmup: int) -> float:
+def _interleaved_medians(
+    candidates: dict[str, Callable[[], object]],
+    runs: int,
+    warmup: int,
+    synchronize: Callable[[], None],
+) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed round-robin so load drifts hit all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():
-        for _ in range(warmup):
-            fn(images)
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn(images)
-            if images.is_cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000 / images.shape[0]
+        for round_index in range(warmup + runs):
+            for name, call in candidates.items():
+                synchronize()
+                start = time.perf_counter()
+                call()
+                synchronize()
+                if round_index >= warmup:
+                    times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -79,17 +84,30 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:
     ).view(1, 3, 1, 1)
 
     dinomaly = build_dinomaly(args.encoder).to(device)
+    crr_rec = CrrModel(encoder_name=args.encoder, encoder_weights=None, fusion_alpha=1.0).eval().to(device)
     crr = CrrModel(encoder_name=args.encoder, encoder_weights=None).eval().to(device)
-    rows = []
-    dinomaly_ms = _median_ms(dinomaly, normalized, args.runs, args.warmup)
-    rows.append({"model": "Dinomaly (anomalib)", "ms_per_image": dinomaly_ms, "params_M": _count(dinomaly) / 1e6})
-    crr.fusion_alpha = 1.0
-    rec_ms = _median_ms(crr, images, args.runs, args.warmup)
-    rows.append({"model": "CRR, reconstruction map only", "ms_per_image": rec_ms, "params_M": _count(crr) / 1e6})
-    crr.fusion_alpha = 0.7
     crr.mark_seg_head_trained()
-    fused_ms = _median_ms(crr, images, args.runs, args.warmup)
-    rows.append({"model": "CRR, fused map (default)", "ms_per_image": fused_ms, "params_M": _count(crr) / 1e6})
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    medians = _interleaved_medians(
+        {
+            "Dinomaly (anomalib)": lambda: dinomaly(normalized),
+            "CRR, reconstruction map only": lambda: crr_rec(images),
+            "CRR, fused map (default)": lambda: crr(images),
+        },
+        args.runs,
+        args.warmup,
+        synchronize,
+    )
+    sizes = {
+        "Dinomaly (anomalib)": _count(dinomaly),
+        "CRR, reconstruction map only": _count(crr),
+        "CRR, fused map (default)": _count(crr),
+    }
+    dinomaly_ms = medians["Dinomaly (anomalib)"] * 1000 / args.batch
+    rows = [
+        {"model": name, "ms_per_image": seconds * 1000 / args.batch, "params_M": sizes[name] / 1e6}
+        for name, seconds in medians.items()
+    ]
     for row in rows:
         row.update(
             {

@@ -151,3 +151,42 @@ def test_stopping_early_warns(tiny_dataset: Path, tmp_path: Path, caplog: pytest
     assert int(model.train_step_count) == 2
     assert "stopped after 2 of 10 steps" in caplog.text
     assert not model.model.seg_head_trained
+
+
+def test_two_process_ddp_keeps_ranks_in_sync(tiny_dataset: Path, tmp_path: Path) -> None:
+    """``strategy="ddp"`` with the default ``find_unused_parameters=False`` trains both stages on 2 CPU ranks."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.ddp_fit_script", str(tiny_dataset), str(tmp_path)],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"state_rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert rank0["steps"] == rank1["steps"] == 4
+    assert rank0["seg_changed"]
+    assert rank1["seg_changed"]
+    assert any(k.startswith("seg_head.") for k in rank0["state"])
+    assert any(k.startswith("decoder.") for k in rank0["state"])
+    for key, value in rank0["state"].items():
+        assert torch.equal(value, rank1["state"][key]), key
+
+
+def test_bf16_mixed_precision_fit_and_test(tiny_dataset: Path, tmp_path: Path) -> None:
+    model = tiny_crr(stage1_steps=1, stage2_steps=1)
+    datamodule = MVTecAD(root=tiny_dataset, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1, precision="bf16-mixed")
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert int(model.train_step_count) == 2
+    assert all(torch.isfinite(p).all() for p in model.model.decoder.parameters())
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0

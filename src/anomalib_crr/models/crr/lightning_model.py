@@ -346,18 +346,31 @@ class CRR(AnomalibModule):
             step=step,
         )
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.manual_backward(self._with_idle_parameters(loss, [self.model.seg_head]))
         self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
         scheduler.step()
         return loss.detach()
 
+    def _with_idle_parameters(self, loss: torch.Tensor, idle_modules: list[torch.nn.Module]) -> torch.Tensor:
+        """Give the parameters this stage does not train a zero gradient when training with DDP.
+
+        DDP (without ``find_unused_parameters``) waits for a gradient of every trainable parameter in every
+        step; the seg head is idle in stage I, bottleneck and decoder in stage II. Their optimizer is not
+        stepped in that stage, so the zero gradients change nothing. Single-process runs skip this.
+        """
+        if self.trainer.world_size <= 1:
+            return loss
+        return loss + 0.0 * sum(param.sum() for module in idle_modules for param in module.parameters())
+
     def freeze_reconstruction(self) -> None:
-        """Stage II: bottleneck and decoder frozen and in eval mode (dropout off, inference-mode mask)."""
-        for module in (self.model.bottleneck, self.model.decoder):
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad_(False)
+        """Stage II: bottleneck and decoder in eval mode (dropout off, inference-mode mask), run without grad.
+
+        Their parameters keep ``requires_grad`` (DDP fixes the set of synchronised parameters when it wraps
+        the model), but they get no gradient and their optimizer is not stepped, so they stay bit-identical.
+        """
+        self.model.bottleneck.eval()
+        self.model.decoder.eval()
 
     def _stage2_step(self, images: torch.Tensor) -> torch.Tensor:
         """Segmentation: focal loss of the seg head on the synthetic image against its mask."""
@@ -373,7 +386,7 @@ class CRR(AnomalibModule):
         target = F.interpolate(synthetic.mask, size=logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
         loss = self.seg_loss(logits, target)
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        self.manual_backward(self._with_idle_parameters(loss, [self.model.bottleneck, self.model.decoder]))
         optimizer.step()
         return loss.detach()
 
