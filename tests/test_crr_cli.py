@@ -171,3 +171,24 @@ def test_real_console_script_resolves_the_short_name(tmp_path: Path) -> None:
     config = yaml.safe_load("\n".join(lines[start:]))
     assert config["model"]["class_path"] == "anomalib_crr.CRR"
     assert config["model"]["init_args"]["stage1_steps"] == 10000
+
+
+def test_onnx_with_dynamic_input_size(tmp_path: Path) -> None:
+    """Without ``input_size`` the graph takes any H x W; the pre-processor inside resizes to the model size."""
+    import onnxruntime as ort
+
+    from .helpers import tiny_crr
+
+    model = tiny_crr().eval()
+    model.model.mark_seg_head_trained()
+    session = ort.InferenceSession(str(model.to_onnx(tmp_path, input_size=None)), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 64, 64), (2, 3, 80, 120)]:
+        images = torch.rand(*shape)
+        names = [o.name for o in session.get_outputs()]
+        outputs = dict(zip(names, session.run(None, {"input": images.numpy()}), strict=True))
+        with torch.no_grad():
+            expected = model(images)
+        np.testing.assert_allclose(
+            outputs["pred_score"].reshape(-1), expected.pred_score.numpy().reshape(-1), rtol=1e-4
+        )
+        np.testing.assert_allclose(outputs["anomaly_map"], expected.anomaly_map.numpy(), rtol=1e-4, atol=1e-6)

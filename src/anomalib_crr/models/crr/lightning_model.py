@@ -241,6 +241,21 @@ class CRR(AnomalibModule):
         kwargs.setdefault("encoder_weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
 
+    def to_onnx(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Export to ONNX with opset 18 unless told otherwise.
+
+        torch's dynamo exporter builds opset 18; anomalib's default target of 14 makes it attempt a
+        down-conversion that fails for this graph (with a long printed traceback) and keeps 18 anyway.
+        """
+        kwargs.setdefault("opset_version", 18)
+        return super().to_onnx(export_root, model_file_name=model_file_name, input_size=input_size, **kwargs)
+
     @property
     def learning_type(self) -> LearningType:
         """CRR learns from normal images only."""
