@@ -69,7 +69,8 @@ def run_demo(argv: Sequence[str]) -> list[dict[str, float]]:
         raise SystemExit(msg)
 
     data_root = args.output / "dataset"
-    missing = [c for c in args.categories if not (data_root / c).is_dir()]
+    # A category counts as present once it has training images; make_synthetic_mvtec refuses non-empty folders.
+    missing = [c for c in args.categories if not any((data_root / c / "train" / "good").glob("*.png"))]
     if missing:
         make_synthetic_mvtec(data_root, categories=missing, image_size=args.image_size, seed=args.seed)
         print(f"Generated synthetic categories {missing} under {data_root}")
