@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 TINY_IMAGE = 64
@@ -39,3 +42,24 @@ def tiny_crr_model(**overrides: Any):
 
     kwargs = {k: v for k, v in TINY_CRR.items() if k not in {"warmup_steps", "dtd_dir"}}
     return CrrModel(**{**kwargs, **overrides})
+
+
+# ``train --print_config`` resolves the model class (by short name) without training anything.
+PRINT_CONFIG_ARGS = [
+    "train",
+    *("--model", "CRR", "--model.encoder_weights", "null"),
+    *("--data", "anomalib.data.MVTecAD", "--print_config"),
+]
+
+
+def run_offline(command: list[str], cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in a fresh process that cannot download from the model hub."""
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from anomalib.cli import AnomalibCLI
 
 from anomalib_crr import CRR
 
-from .helpers import TINY_CROP, TINY_CRR, TINY_IMAGE
+from .helpers import PRINT_CONFIG_ARGS, TINY_CROP, TINY_CRR, TINY_IMAGE, run_offline
 
 MODEL_CONFIG: dict[str, Any] = {
     "model": {
@@ -144,26 +142,7 @@ def test_torch_export_matches_the_torch_model(cli_run: dict[str, Any], exported:
 def test_real_console_script_resolves_the_short_name(tmp_path: Path) -> None:
     """``anomalib train --model CRR`` in a fresh interpreter: only the start-up hook can make it resolve."""
     script = Path(sys.executable).with_name("anomalib")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            str(script),
-            "train",
-            "--model",
-            "CRR",
-            "--model.encoder_weights",
-            "null",
-            "--data",
-            "anomalib.data.MVTecAD",
-            "--print_config",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    result = run_offline([str(script), *PRINT_CONFIG_ARGS], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     # stdout holds anomalib's log lines, then the YAML config from its first top-level key on
     lines = result.stdout.splitlines()

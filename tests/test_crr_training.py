@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 
 from anomalib_crr import CRR
 
-from .helpers import tiny_crr
+from .helpers import run_offline, tiny_crr
 
 
 class StageRecorder(Callback):
@@ -155,21 +155,11 @@ def test_stopping_early_warns(tiny_dataset: Path, tmp_path: Path, caplog: pytest
 
 def test_two_process_ddp_keeps_ranks_in_sync(tiny_dataset: Path, tmp_path: Path) -> None:
     """``strategy="ddp"`` with the default ``find_unused_parameters=False`` trains both stages on 2 CPU ranks."""
-    import os
-    import subprocess
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_fit_script", str(tiny_dataset), str(tmp_path)],
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    command = [sys.executable, "-m", "tests.ddp_fit_script", str(tiny_dataset), str(tmp_path)]
+    result = run_offline(command, cwd=repo, timeout=600, OMP_NUM_THREADS="1")
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"state_rank{r}.pt", weights_only=False) for r in (0, 1))
     assert rank0["steps"] == rank1["steps"] == 4

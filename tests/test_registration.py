@@ -12,7 +12,7 @@ from anomalib.models import get_model, list_models
 from anomalib_crr import CRR
 from anomalib_crr.cli import main as crr_main
 
-from .helpers import TINY_CRR
+from .helpers import PRINT_CONFIG_ARGS, TINY_CRR
 
 
 @pytest.mark.parametrize("name", ["crr", "CRR"])
@@ -37,18 +37,7 @@ def test_startup_hook_is_installed_and_imports_nothing_heavy() -> None:
 
 def test_wrapper_prints_config_with_plugin_loaded(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        crr_main(
-            [
-                "train",
-                "--model",
-                "CRR",
-                "--model.encoder_weights",
-                "null",
-                "--data",
-                "anomalib.data.MVTecAD",
-                "--print_config",
-            ]
-        )
+        crr_main(PRINT_CONFIG_ARGS)
     assert exit_info.value.code == 0
     assert "class_path: anomalib_crr.CRR" in capsys.readouterr().out
 
