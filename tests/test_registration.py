@@ -55,3 +55,18 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixt
     # a second run reuses the dataset and writes a new results version instead of overwriting
     run_demo(args)
     assert len(list((tmp_path / "results" / "CRR" / "MVTecAD" / "washer").glob("v*"))) == 2
+
+
+def test_demo_without_weights_offline_fails_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as exit_info:
+        crr_main(["demo", "--output", str(tmp_path), "--categories", "washer", "--image-size", "56"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m" in err
+    assert "--encoder-weights none" in err
+    assert "Traceback" not in err

@@ -20,7 +20,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args and args[0] == "demo":
         from anomalib_crr.demo import run_demo
 
-        run_demo(args[1:])
+        try:
+            run_demo(args[1:])
+        except (FileNotFoundError, FileExistsError, RuntimeError, ValueError) as exc:
+            # Bad input (weights, folders, sizes) gets its message, not a stack trace.
+            print(f"anomalib-crr demo: error: {exc}", file=sys.stderr)
+            print(
+                "Offline, run `anomalib-crr demo --encoder-weights none` (random-init encoder) or pass a local "
+                "checkpoint with `--encoder-weights /path/to/vit_small_patch14_reg4_dinov2.safetensors`.",
+                file=sys.stderr,
+            )
+            raise SystemExit(2) from None
         return
 
     from anomalib.cli.cli import AnomalibCLI
