@@ -66,7 +66,7 @@ def cli_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
         args=["train", "--model", "CRR", "--config", str(config), *data_args, *common, "--trainer.logger", "false"]
     )
     checkpoints = sorted((root / "results").rglob("*.ckpt"))
-    return {"cli": cli, "root": root, "config": config, "ckpt": checkpoints[-1], "common": common}
+    return {"cli": cli, "root": root, "config": config, "ckpt": checkpoints[-1], "data_args": data_args}
 
 
 def test_train_fits_and_tests_with_metrics(cli_run: dict[str, Any]) -> None:
@@ -78,6 +78,23 @@ def test_train_fits_and_tests_with_metrics(cli_run: dict[str, Any]) -> None:
     saved = yaml.safe_load(next((cli_run["root"] / "results").rglob("config.yaml")).read_text())
     assert saved["model"]["class_path"] == "anomalib_crr.CRR"
     assert list((cli_run["root"] / "results").rglob("images/*/*.png"))
+
+
+def test_test_subcommand_restores_the_checkpoint_and_reproduces_the_metrics(cli_run: dict[str, Any]) -> None:
+    """``anomalib test --model CRR --ckpt_path ...`` rebuilds the model and gives the metrics of the train run."""
+    trained = {k: float(v) for k, v in cli_run["cli"].engine.trainer.callback_metrics.items() if "AUROC" in k}
+    out = cli_run["root"] / "test"
+    cli = AnomalibCLI(
+        args=[
+            "test", "--model", "CRR", "--config", str(cli_run["config"]), "--ckpt_path", str(cli_run["ckpt"]),
+            *cli_run["data_args"], "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+            "--default_root_dir", str(out),
+        ]
+    )  # fmt: skip
+    tested = {k: float(v) for k, v in cli.engine.trainer.callback_metrics.items() if "AUROC" in k}
+    assert set(tested) == set(trained) == {"image_AUROC", "pixel_AUROC"}
+    for key, value in trained.items():
+        assert tested[key] == pytest.approx(value, abs=1e-6)
 
 
 def test_predict_writes_images(cli_run: dict[str, Any], tiny_dataset: Path) -> None:
