@@ -70,3 +70,23 @@ def test_demo_without_weights_offline_fails_with_a_message(
     assert "hf-hub:timm/vit_small_patch14_reg4_dinov2.lvd142m" in err
     assert "--encoder-weights none" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("crr.yaml", {"encoder_name": "vit_base_patch14_reg4_dinov2", "stage1_steps": 10000, "stage2_steps": 8000}),
+        ("crr_smoke.yaml", {"encoder_name": "vit_small_patch14_reg4_dinov2", "encoder_weights": None}),
+    ],
+)
+def test_shipped_configs_parse(config: str, expected: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "model" / config
+    with pytest.raises(SystemExit):
+        crr_main(["train", "--config", str(path), "--data", "anomalib.data.MVTecAD", "--print_config"])
+    out = capsys.readouterr().out
+    parsed = yaml.safe_load(out[out.index("seed_everything:") :])
+    assert parsed["model"]["class_path"] == "anomalib_crr.CRR"
+    for key, value in expected.items():
+        assert parsed["model"]["init_args"][key] == value
