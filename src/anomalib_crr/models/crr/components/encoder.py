@@ -52,9 +52,13 @@ def dino_architecture(encoder_name: str) -> dict:
 
 
 def _hub_id(encoder_name: str) -> str:
+    """The timm hub id of the default pretrained weights, with its web address."""
     cfg = timm.models.get_pretrained_cfg(encoder_name)
     hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    return f"hf-hub:{hub}" if hub else f"timm:{encoder_name}"
+    if not hub:
+        return f"timm:{encoder_name}"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return f"hf-hub:{hub} ({endpoint}/{hub})"
 
 
 def _hub_resolvable(timeout_s: float = 3.0) -> bool:
