@@ -131,7 +131,7 @@ def test_load_from_checkpoint_rebuilds_from_hparams_with_identical_scores(
     reloaded = CRR.load_from_checkpoint(checkpoint)
     assert reloaded.hparams["target_layers"] == [0, 1]
     assert reloaded.model.seg_head_trained
-    assert reloaded.model._seg_active
+    assert reloaded.model.seg_head_active
     assert int(reloaded.train_step_count) == 4
     images = torch.rand(3, 3, 64, 64)
     model.eval()

@@ -177,8 +177,10 @@ class CRR(AnomalibModule):
         self.loss = CrrReconstructionRepairLoss()
         self.seg_loss = CrrFocalLoss()
         self.synthesizer: CrrAnomalySynthesizer | None = None
-        # Steps taken so far; a buffer so it is saved in checkpoints and resumes the right stage.
+        # Steps taken so far; a buffer so it is saved in checkpoints and resumes the right stage. Mirrored in
+        # a Python int during training, so choosing the stage never waits for the device.
         self.register_buffer("train_step_count", torch.tensor(0, dtype=torch.long))
+        self._step = 0
         self.automatic_optimization = False
 
     # ------------------------------------------------------------------ configuration
@@ -330,18 +332,21 @@ class CRR(AnomalibModule):
         """Create the anomaly synthesiser (and fetch DTD if requested) before the first step."""
         self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir())
 
+    def on_train_start(self) -> None:
+        """Continue counting from the checkpoint's step (0 for a new model)."""
+        self._step = int(self.train_step_count)
+
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """One optimizer step of stage I or stage II, chosen by the step counter."""
         del args, kwargs
-        if self.synthesizer is None:
-            self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir())
-        step = int(self.train_step_count)
+        step = self._step
         if step < self.stage1_steps:
             loss = self._stage1_step(batch.image, step)
             self.log("train_loss_stage1", loss, on_step=True, prog_bar=False)
         else:
             loss = self._stage2_step(batch.image)
             self.log("train_loss_stage2", loss, on_step=True, prog_bar=False)
+        self._step += 1
         self.train_step_count += 1
         self.log("train_loss", loss, on_step=True, prog_bar=True)
         return {"loss": loss}
@@ -391,7 +396,7 @@ class CRR(AnomalibModule):
         """Segmentation: focal loss of the seg head on the synthetic image against its mask."""
         optimizer = self.optimizers()[1]
         self.freeze_reconstruction()
-        if not self.model.seg_head_trained:
+        if not self.model.seg_head_active:
             self.model.mark_seg_head_trained()
         assert self.synthesizer is not None
         with torch.no_grad():
@@ -407,7 +412,7 @@ class CRR(AnomalibModule):
 
     def on_train_end(self) -> None:
         """Warn when the trainer stopped before both stages finished (e.g. a ``max_epochs`` limit)."""
-        done = int(self.train_step_count)
+        done = self._step
         if done < self.total_steps:
             logger.warning(
                 "CRR training stopped after %d of %d steps (stage I %d, stage II %d); %s",

@@ -176,6 +176,11 @@ class CrrModel(nn.Module):
         """Refresh the Python mirror of ``seg_head_trained`` (after loading a state dict)."""
         self._seg_active = bool(self.seg_head_trained)
 
+    @property
+    def seg_head_active(self) -> bool:
+        """Whether inference fuses the seg head's map (stage II has started)."""
+        return self._seg_active
+
     def mark_seg_head_trained(self) -> None:
         """Switch inference to the fused map; called when stage II starts updating the seg head."""
         self.seg_head_trained.fill_(True)
