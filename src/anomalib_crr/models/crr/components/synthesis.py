@@ -93,7 +93,11 @@ class CrrAnomalySynthesizer(nn.Module):
             probability=1.0,
             blend_factor=self.blend_factor,
         )
-        self.texture_paths = list(self.generator.anomaly_source_paths)
+
+    @property
+    def texture_paths(self) -> list[Path]:
+        """Texture images found under ``dtd_dir`` (anomalib's generator collects them)."""
+        return self.generator.anomaly_source_paths
 
     def perlin_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """Binary rotated Perlin mask (1, H, W), resampled up to ``MAX_MASK_RETRIES`` times until non-empty."""
@@ -119,7 +123,8 @@ class CrrAnomalySynthesizer(nn.Module):
         """Corrupt every image of ``images`` (B, C, H, W), which must be in [0, 1]."""
         _, channels, height, width = images.shape
         device = images.device
-        corrupted, masks, weights = [], [], []
+        low, high = self.blend_factor
+        sources, masks, weights = [], [], []
         for image in images:
             mask = self.perlin_mask(height, width, device)
             if random.random() < self.texture_probability:
@@ -129,10 +134,11 @@ class CrrAnomalySynthesizer(nn.Module):
             source = self.generator.augmenters(source.clamp(0.0, 1.0))
             if source.shape[0] != channels:
                 source = source.mean(dim=0, keepdim=True).expand(channels, -1, -1)
-            low, high = self.blend_factor
-            weight = low + (high - low) * torch.rand((), device=device)
-            blended = image * (1 - mask) + weight * source * mask + (1 - weight) * image * mask
-            corrupted.append(blended.to(images.dtype))
+            sources.append(source)
             masks.append(mask)
-            weights.append(weight)
-        return SyntheticAnomalies(torch.stack(corrupted), torch.stack(masks), torch.stack(weights))
+            weights.append(low + (high - low) * torch.rand((), device=device))
+        # One batched blend: x̃ = x(1 − A) + w·T·A + (1 − w)·x·A
+        source, mask, weight = torch.stack(sources), torch.stack(masks), torch.stack(weights)
+        w = weight.view(-1, 1, 1, 1)
+        corrupted = images * (1 - mask) + w * source * mask + (1 - w) * images * mask
+        return SyntheticAnomalies(corrupted.to(images.dtype), mask, weight)
