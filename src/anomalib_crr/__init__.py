@@ -7,8 +7,8 @@ Importing this package registers the models with anomalib (they subclass ``Anoma
 ``anomalib train --model CRR``, ``anomalib.models.get_model("crr")`` and ``list_models()`` find them.
 """
 
-from anomalib_crr.models import CRR
+from anomalib_crr.models import CRR, MFRNet
 
 __version__ = "0.1.0"
 
-__all__ = ["CRR", "__version__"]
+__all__ = ["CRR", "MFRNet", "__version__"]

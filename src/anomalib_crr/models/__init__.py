@@ -4,5 +4,6 @@
 """Models of anomalib-crr."""
 
 from .crr import CRR
+from .mfrnet import MFRNet
 
-__all__ = ["CRR"]
+__all__ = ["CRR", "MFRNet"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize, Transform
+from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
+
+from anomalib_crr.models.components import flatten_transforms, transform_output_size
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
 from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
@@ -54,31 +56,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = 448
 DEFAULT_CROP_SIZE = 392
 PATCH_SIZE = 14
-
-
-def _flatten_transforms(transform: Transform | None) -> Iterator[Transform]:
-    if transform is None:
-        return
-    if isinstance(transform, Compose):
-        for inner in transform.transforms:
-            yield from _flatten_transforms(inner)
-    else:
-        yield transform
-
-
-def _output_size(transforms: Sequence[Transform]) -> tuple[int, int] | None:
-    """Spatial size the transform chain produces, when a Resize/CenterCrop fixes it."""
-    size: tuple[int, int] | None = None
-    for transform in transforms:
-        if isinstance(transform, (Resize, CenterCrop)) and transform.size is not None:
-            value = transform.size
-            if isinstance(value, int):
-                size = (value, value) if isinstance(transform, CenterCrop) else None
-            elif len(value) == 1:
-                size = (value[0], value[0]) if isinstance(transform, CenterCrop) else None
-            else:
-                size = (int(value[0]), int(value[1]))
-    return size
 
 
 class CRR(AnomalibModule):
@@ -216,7 +193,7 @@ class CRR(AnomalibModule):
         """Reject pre-processors that normalise or produce sizes that do not tile into 14-pixel patches."""
         if not isinstance(self.pre_processor, PreProcessor):
             return
-        transforms = list(_flatten_transforms(self.pre_processor.transform))
+        transforms = list(flatten_transforms(self.pre_processor.transform))
         if any(isinstance(transform, Normalize) for transform in transforms):
             msg = (
                 "CRR's pre-processor must not contain Normalize: CRR synthesises anomalies on [0, 1] images and "
@@ -224,7 +201,7 @@ class CRR(AnomalibModule):
                 "transform with only Resize/CenterCrop."
             )
             raise ValueError(msg)
-        size = _output_size(transforms)
+        size = transform_output_size(transforms)
         if size is not None and (size[0] % PATCH_SIZE or size[1] % PATCH_SIZE):
             msg = (
                 f"The pre-processor produces {size[0]}x{size[1]} images, which is not a multiple of the DINOv2 "

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlparse
 
 import timm
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 from anomalib.models.image.dinomaly.torch_model import DINO_ARCHITECTURES
+
+from anomalib_crr.models.components import hub_id, offline_hub_if_unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -49,51 +47,6 @@ def dino_architecture(encoder_name: str) -> dict:
             return {**config, "target_layers": list(config["target_layers"])}
     msg = f"Unsupported encoder size in {encoder_name!r}: expected one of {list(DINO_ARCHITECTURES)} in the name."
     raise ValueError(msg)
-
-
-def _hub_id(encoder_name: str) -> str:
-    """The timm hub id of the default pretrained weights, with its web address."""
-    cfg = timm.models.get_pretrained_cfg(encoder_name)
-    hub = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not hub:
-        return f"timm:{encoder_name}"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    return f"hf-hub:{hub} ({endpoint}/{hub})"
-
-
-def _hub_resolvable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub host resolves; a DNS failure answers at once, unlike the hub's retries."""
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        return False
-    finally:
-        socket.setdefaulttimeout(previous)
-    return True
-
-
-@contextlib.contextmanager
-def _offline_hub_if_unreachable() -> Iterator[None]:
-    """Put huggingface_hub in offline mode while the hub cannot be reached.
-
-    Without this, a machine without internet access retries each request for about a minute before
-    failing. Offline mode fails at once, and still loads weights already in the local cache.
-    """
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        yield
-        return
-    previous = constants.HF_HUB_OFFLINE
-    if not previous and not _hub_resolvable():
-        constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = previous
 
 
 def build_encoder(
@@ -126,13 +79,13 @@ def build_encoder(
     if local_path is not None and not local_path.is_file():
         msg = (
             f"Encoder weights file not found: '{local_path}'. Pass encoder_weights='pretrained' to download "
-            f"{_hub_id(encoder_name)}, a path to an existing checkpoint, or None for random initialisation."
+            f"{hub_id(encoder_name)}, a path to an existing checkpoint, or None for random initialisation."
         )
         raise FileNotFoundError(msg)
 
     layers = [f"blocks.{i}" for i in target_layers]
     try:
-        with _offline_hub_if_unreachable() if download else contextlib.nullcontext():
+        with offline_hub_if_unreachable() if download else contextlib.nullcontext():
             encoder = TimmFeatureExtractor(
                 backbone=encoder_name,
                 layers=layers,
@@ -147,7 +100,7 @@ def build_encoder(
         if not download:
             raise
         msg = (
-            f"Could not download the pretrained weights of '{encoder_name}' from {_hub_id(encoder_name)} "
+            f"Could not download the pretrained weights of '{encoder_name}' from {hub_id(encoder_name)} "
             f"({type(exc).__name__}: {exc}). To run offline, download the checkpoint on a machine with internet "
             "access and pass its path as encoder_weights (CLI: --model.encoder_weights /path/to/file.safetensors), "
             "or pass encoder_weights=None (CLI: --model.encoder_weights null) for a random-init smoke run."

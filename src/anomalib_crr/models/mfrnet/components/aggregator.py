@@ -1,0 +1,250 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""Multi-scale feature aggregator: a frozen timm CNN, several layers resized to one grid and concatenated.
+
+The paper only says "a pre-trained model" whose multi-level outputs are resized and concatenated
+along channels (its reviews name VGG16). We resize every layer bilinearly to ``input / feature_stride``
+and standardise each channel with statistics of the training set: VGG layers differ by orders of
+magnitude in scale, so without it the loss (and the SSIM constants) would see only the largest layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F  # noqa: N812
+from anomalib.models.components.feature_extractors import TimmFeatureExtractor
+from torch import nn
+
+from anomalib_crr.models.components import hub_id, offline_hub_if_unreachable
+
+logger = logging.getLogger(__name__)
+
+# Default layers per supported backbone (timm ``feature_info`` module names), chosen at strides 2/4/8 or
+# 4/8/16 so the 64x64 grid (stride 4) keeps local detail while seeing object-level context.
+DEFAULT_LAYERS: dict[str, tuple[str, ...]] = {
+    "vgg16": ("features.8", "features.15", "features.22"),
+    "tf_efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
+    "resnet18": ("layer1", "layer2", "layer3"),
+    "wide_resnet50_2": ("layer1", "layer2", "layer3"),
+}
+
+
+class FeatureNorm(str, Enum):
+    """How the concatenated features are standardised."""
+
+    CHANNEL_ZSCORE = "channel_zscore"
+    NONE = "none"
+
+
+def backbone_layers(backbone: str, layers: Sequence[str] | None) -> list[str]:
+    """Resolve and validate the layers to aggregate.
+
+    Args:
+        backbone: timm model name.
+        layers: Explicit ``feature_info`` module names, or ``None`` for the backbone's default.
+
+    Returns:
+        The layer names, in the order given.
+
+    Raises:
+        ValueError: For an unknown timm model, a backbone without a default when ``layers`` is ``None``, or a
+            layer that the backbone does not expose.
+    """
+    if not timm.is_model(backbone):
+        msg = f"Unknown backbone {backbone!r}: not a timm model. Supported with default layers: {list(DEFAULT_LAYERS)}."
+        raise ValueError(msg)
+    if layers is None:
+        if backbone not in DEFAULT_LAYERS:
+            msg = (
+                f"Backbone {backbone!r} has no default layer list; pass layers explicitly (timm feature_info module "
+                f"names, e.g. ['layer1', 'layer2']). Backbones with defaults: {list(DEFAULT_LAYERS)}."
+            )
+            raise ValueError(msg)
+        return list(DEFAULT_LAYERS[backbone])
+    layers = list(layers)
+    if not layers:
+        msg = "layers must name at least one backbone layer"
+        raise ValueError(msg)
+    probe = timm.create_model(backbone, pretrained=False, features_only=True, exportable=True)
+    available = [info["module"] for info in probe.feature_info.info]
+    unknown = [layer for layer in layers if layer not in available]
+    if unknown:
+        msg = f"Backbone {backbone!r} has no feature layer(s) {unknown}; available: {available}."
+        raise ValueError(msg)
+    return layers
+
+
+def backbone_normalization(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std the backbone was trained with (ImageNet for VGG/ResNet, 0.5/0.5 for EfficientNet-Lite)."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    if cfg is None:
+        return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+def load_backbone_weights(model: nn.Module, path: Path) -> None:
+    """Load a timm-format ``.pth``/``.safetensors`` file into a (``features_only``) timm model.
+
+    Classifier keys the feature model does not have are dropped; every parameter and buffer of the
+    model must be in the file, otherwise a partially random backbone would pass silently.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        RuntimeError: If the file cannot be read or does not cover the model.
+    """
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        msg = f"Backbone weights file not found: '{path}'."
+        raise FileNotFoundError(msg)
+    try:
+        state_dict = load_state_dict(str(path), use_ema=False)
+    except Exception as exc:
+        msg = f"Could not read backbone weights from '{path}': {exc}"
+        raise RuntimeError(msg) from exc
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    if missing:
+        msg = (
+            f"Backbone weights '{path}' do not match {type(model).__name__}: {len(missing)} of {len(expected)} "
+            f"tensors missing (e.g. {missing[:3]}). Is it a checkpoint of the same timm architecture?"
+        )
+        raise RuntimeError(msg)
+    mismatched = [k for k in expected if state_dict[k].shape != expected[k].shape]
+    if mismatched:
+        msg = f"Backbone weights '{path}' have wrong shapes for {mismatched[:3]}; is it the same timm architecture?"
+        raise RuntimeError(msg)
+    model.load_state_dict({key: state_dict[key] for key in expected}, strict=True)
+    logger.info("Loaded backbone weights from %s", path)
+
+
+def build_feature_extractor(
+    backbone: str,
+    layers: Sequence[str],
+    pre_trained: bool,
+    weights_path: str | Path | None,
+) -> TimmFeatureExtractor:
+    """Build the frozen CNN feature extractor and load its weights.
+
+    Args:
+        backbone: timm model name.
+        layers: Validated ``feature_info`` module names.
+        pre_trained: Download timm's ImageNet weights (ignored when ``weights_path`` is given).
+        weights_path: Local timm-format weights file; takes precedence over ``pre_trained``.
+
+    Raises:
+        FileNotFoundError: If ``weights_path`` does not exist.
+        RuntimeError: If the download or loading fails (the message says how to run offline).
+    """
+    local_path = Path(weights_path).expanduser() if weights_path is not None else None
+    if local_path is not None and not local_path.is_file():
+        msg = (
+            f"Backbone weights file not found: '{local_path}'. Pass an existing timm-format .pth/.safetensors "
+            f"file as weights_path, or weights_path=None with pre_trained=True to download {hub_id(backbone)}."
+        )
+        raise FileNotFoundError(msg)
+    download = pre_trained and local_path is None
+    try:
+        with offline_hub_if_unreachable() if download else contextlib.nullcontext():
+            extractor = TimmFeatureExtractor(
+                backbone=backbone, layers=list(layers), pre_trained=download, requires_grad=False
+            )
+    except Exception as exc:
+        if not download:
+            raise
+        msg = (
+            f"Could not download the pretrained weights of '{backbone}' from {hub_id(backbone)} "
+            f"({type(exc).__name__}: {exc}). To run offline, pass a local timm-format weights file as weights_path "
+            "(CLI: --model.weights_path /path/to/weights.safetensors), or pre_trained=False (CLI: "
+            "--model.pre_trained false) for a random-init smoke run."
+        )
+        raise RuntimeError(msg) from exc
+    if local_path is not None:
+        load_backbone_weights(extractor.feature_extractor, local_path)
+    for param in extractor.parameters():
+        param.requires_grad = False
+    return extractor.eval()
+
+
+class MultiScaleFeatureAggregator(nn.Module):
+    """Frozen CNN → per-layer bilinear resize to ``input / feature_stride`` → channel concat → z-score.
+
+    The input is expected in [0, 1]; the backbone's own normalisation is applied here, so the
+    pre-processor only resizes and the exported model takes the same images as the Lightning module.
+
+    Args:
+        backbone: timm CNN name.
+        layers: ``feature_info`` module names, or ``None`` for the backbone's default list.
+        pre_trained: Download ImageNet weights.
+        weights_path: Local weights file (overrides ``pre_trained``).
+        feature_stride: Input pixels per feature position (4: 64x64 features for a 256x256 image).
+        feature_norm: ``"channel_zscore"`` (training-set statistics) or ``"none"``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg16",
+        layers: Sequence[str] | None = None,
+        pre_trained: bool = True,
+        weights_path: str | Path | None = None,
+        feature_stride: int = 4,
+        feature_norm: FeatureNorm | str = FeatureNorm.CHANNEL_ZSCORE,
+    ) -> None:
+        super().__init__()
+        if feature_stride < 1:
+            msg = f"feature_stride must be >= 1, got {feature_stride}"
+            raise ValueError(msg)
+        self.layers = backbone_layers(backbone, layers)
+        self.feature_norm = FeatureNorm(feature_norm)
+        self.feature_stride = feature_stride
+        self.extractor = build_feature_extractor(backbone, self.layers, pre_trained, weights_path)
+        self.num_channels = int(sum(self.extractor.out_dims))
+        mean, std = backbone_normalization(backbone)
+        self.register_buffer("input_mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("input_std", torch.tensor(std).view(1, 3, 1, 1))
+        # Training-set channel statistics; saved in checkpoints. ``stats_ready`` tells a fresh model from a fitted one.
+        self.register_buffer("feature_mean", torch.zeros(self.num_channels))
+        self.register_buffer("feature_std", torch.ones(self.num_channels))
+        self.register_buffer("stats_ready", torch.tensor(False))
+
+    def train(self, mode: bool = True) -> MultiScaleFeatureAggregator:
+        """Keep the frozen backbone in eval mode whatever mode the model is put in."""
+        super().train(mode)
+        self.extractor.eval()
+        return self
+
+    def feature_size(self, height: int, width: int) -> tuple[int, int]:
+        """Side lengths of the aggregated feature map for an ``height`` x ``width`` input."""
+        return height // self.feature_stride, width // self.feature_stride
+
+    def raw_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Concatenated multi-scale features before standardisation, ``(B, C, H/stride, W/stride)``."""
+        size = self.feature_size(*images.shape[-2:])
+        normalized = (images - self.input_mean) / self.input_std
+        with torch.no_grad():
+            features = self.extractor(normalized)
+        resized = [
+            F.interpolate(features[layer], size=size, mode="bilinear", align_corners=False) for layer in self.layers
+        ]
+        return torch.cat(resized, dim=1)
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store per-channel statistics (std is floored so dead channels do not blow up)."""
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(std.clamp_min(1e-6))
+        self.stats_ready.fill_(True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Aggregated, standardised features ``(B, C, H/stride, W/stride)``."""
+        features = self.raw_features(images)
+        if self.feature_norm is FeatureNorm.CHANNEL_ZSCORE:
+            features = (features - self.feature_mean.view(1, -1, 1, 1)) / self.feature_std.view(1, -1, 1, 1)
+        return features

@@ -1,0 +1,80 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""Crossed (complementary) masks: the feature grid is cut into k x k cells, the cells into n disjoint subsets.
+
+Mask ``i`` hides the cells of subset ``i``. Every feature position is therefore hidden in exactly one of
+the ``n`` masks, so combining the ``n`` restorations, each taken where its copy was hidden, predicts every
+position from context only: an anomaly never sees itself (the paper's answer to "abnormal regeneration").
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_divisible(feature_size: tuple[int, int], cell_sizes: tuple[int, ...], what: str = "feature map") -> None:
+    """Raise a clear error when the feature grid cannot be tiled by every cell size."""
+    height, width = feature_size
+    bad = [k for k in cell_sizes if height % k or width % k]
+    if bad:
+        msg = (
+            f"The {what} is {height}x{width}, which is not divisible by mask_cell_size {bad}. Choose an input size "
+            f"whose feature map (input / feature_stride) is a multiple of every cell size and of the patch size."
+        )
+        raise ValueError(msg)
+
+
+def partition_to_masks(subset: torch.Tensor, cell_size: int, num_masks: int) -> torch.Tensor:
+    """Expand a per-cell subset index ``(B, Gh, Gw)`` to hidden masks ``(B, n, Gh·k, Gw·k)`` of 0/1 floats."""
+    ids = torch.arange(num_masks, device=subset.device).view(1, num_masks, 1, 1)
+    hidden = (subset.unsqueeze(1) == ids).float()
+    return hidden.repeat_interleave(cell_size, dim=2).repeat_interleave(cell_size, dim=3)
+
+
+def random_partition(
+    batch_size: int,
+    grid: tuple[int, int],
+    num_masks: int,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """A uniformly random, balanced split of the grid's cells into ``num_masks`` subsets, one per image.
+
+    Each image gets its own permutation of the cells (ranks of uniform noise); cell ``j`` of the permutation
+    goes to subset ``j mod n``, so subset sizes differ by at most one cell.
+
+    Returns:
+        Subset index per cell, ``(batch_size, Gh, Gw)``, int64.
+    """
+    cells = grid[0] * grid[1]
+    if num_masks > cells:
+        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
+        raise ValueError(msg)
+    noise = torch.rand(batch_size, cells, generator=generator, device=generator.device if generator else device)
+    rank = noise.argsort(dim=1).argsort(dim=1)
+    return (rank % num_masks).view(batch_size, *grid).to(device)
+
+
+def crossed_masks(
+    batch_size: int,
+    feature_size: tuple[int, int],
+    cell_size: int,
+    num_masks: int,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Random complementary hidden masks ``(B, n, H, W)``: 1 where copy ``i`` hides the position.
+
+    ``sum_i mask[:, i] == 1`` everywhere; each mask is constant on every ``cell_size`` x ``cell_size`` cell.
+    """
+    check_divisible(feature_size, (cell_size,))
+    grid = (feature_size[0] // cell_size, feature_size[1] // cell_size)
+    subset = random_partition(batch_size, grid, num_masks, device=device, generator=generator)
+    return partition_to_masks(subset, cell_size, num_masks)
+
+
+def fixed_masks(feature_size: tuple[int, int], cell_size: int, num_masks: int, seed: int) -> torch.Tensor:
+    """The test-time partition for one cell size: the same for every image and every call, ``(1, n, H, W)``."""
+    generator = torch.Generator().manual_seed(seed + 7919 * cell_size)
+    return crossed_masks(1, feature_size, cell_size, num_masks, generator=generator)
