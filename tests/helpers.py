@@ -63,3 +63,26 @@ def run_offline(command: list[str], cwd: Path, timeout: int = 300, **env: str) -
         timeout=timeout,
         check=False,
     )
+
+
+# MFRNet on a random-init EfficientNet-Lite0 (176 channels at 16x16 for a 64 px input) with a 1-block restorer.
+TINY_MFRNET: dict[str, Any] = {
+    "backbone": "tf_efficientnet_lite0",
+    "pre_trained": False,
+    "stem_dim": 16,
+    "embed_dim": 32,
+    "depth": 1,
+    "num_heads": 2,
+    "mask_cell_size": [2, 4],
+}
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+
+
+def tiny_mfrnet(**overrides: Any):
+    """A tiny MFRNet LightningModule for 64 px inputs."""
+    from anomalib_crr import MFRNet
+
+    kwargs = {**TINY_MFRNET, **overrides}
+    kwargs.setdefault("pre_processor", MFRNet.configure_pre_processor(image_size=(TINY_IMAGE, TINY_IMAGE)))
+    return MFRNet(**kwargs)

@@ -1,0 +1,186 @@
+"""MFRNet building blocks: spec acceptance checks 1-4 and 8-9 (masks, recombination, loss, backbones, weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from kornia.losses import SSIMLoss
+from kornia.metrics import ssim
+
+from anomalib_crr.models.mfrnet import HybridLoss, MFRNetModel
+from anomalib_crr.models.mfrnet.components import (
+    MultiScaleFeatureAggregator,
+    crossed_masks,
+    fixed_masks,
+    load_backbone_weights,
+)
+
+from .helpers import SHARED_WEIGHTS, TINY_MFRNET
+
+
+def tiny_model(**overrides) -> MFRNetModel:
+    kwargs = {**TINY_MFRNET, "image_size": (64, 64), **overrides}
+    return MFRNetModel(**kwargs)
+
+
+# ------------------------------------------------------------------ check 1: complementarity
+@pytest.mark.parametrize("cell_size", [2, 4, 8, 16])
+@pytest.mark.parametrize("num_masks", [2, 3, 4])
+def test_crossed_masks_tile_the_map_cellwise_and_balanced(cell_size: int, num_masks: int) -> None:
+    hidden = crossed_masks(3, (32, 48), cell_size, num_masks)
+    assert hidden.shape == (3, num_masks, 32, 48)
+    assert torch.equal(hidden.sum(dim=1), torch.ones(3, 32, 48))  # each position hidden in exactly one mask
+    # constant on every k x k cell: equal to its own cell-subsampled, re-expanded version
+    cells = hidden[..., ::cell_size, ::cell_size]
+    assert torch.equal(cells.repeat_interleave(cell_size, 2).repeat_interleave(cell_size, 3), hidden)
+    sizes = cells.sum(dim=(2, 3))  # cells per subset, per image
+    assert int((sizes.amax(dim=1) - sizes.amin(dim=1)).max()) <= 1
+    fraction = hidden.mean(dim=(2, 3))
+    assert torch.allclose(fraction, torch.full_like(fraction, 1 / num_masks), atol=1 / cells[0, 0].numel() + 1e-6)
+
+
+def test_training_partitions_are_random_per_image_and_test_partitions_fixed() -> None:
+    hidden = crossed_masks(4, (16, 16), 2, 3)
+    assert not all(torch.equal(hidden[0], hidden[i]) for i in range(1, 4))
+    assert torch.equal(fixed_masks((16, 16), 2, 3, seed=0), fixed_masks((16, 16), 2, 3, seed=0))
+    assert not torch.equal(fixed_masks((16, 16), 2, 3, seed=0), fixed_masks((16, 16), 2, 3, seed=1))
+
+
+# ------------------------------------------------------------------ checks 2 and 3: recombination, no leakage
+class _CopyIndexRestorer(torch.nn.Module):
+    """Returns, for copy ``i`` of each image, the constant ``i + 1`` (or the oracle features when given)."""
+
+    def __init__(self, num_masks: int, oracle: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_masks, self.oracle = num_masks, oracle
+
+    def forward(self, copies: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        del visible
+        if self.oracle is not None:
+            return self.oracle.repeat_interleave(self.num_masks, dim=0)
+        index = torch.arange(copies.shape[0]) % self.num_masks + 1
+        return index.view(-1, 1, 1, 1).float().expand_as(copies)
+
+
+def test_oracle_restorer_recombines_exactly_and_each_position_comes_from_its_hiding_copy() -> None:
+    model = tiny_model()
+    features = torch.randn(2, model.num_channels, 16, 16)
+    hidden = crossed_masks(2, (16, 16), 4, 3)
+    model.restorer = _CopyIndexRestorer(3, oracle=features)
+    assert torch.equal(model.restore(features, hidden), features)
+    model.restorer = _CopyIndexRestorer(3)
+    restored = model.restore(features, hidden)
+    expected = (hidden.argmax(dim=1) + 1).float().unsqueeze(1).expand_as(restored)
+    assert torch.equal(restored, expected)
+
+
+def test_changing_a_cell_does_not_change_its_own_restoration() -> None:
+    model = tiny_model().eval()
+    features = torch.randn(1, model.num_channels, 16, 16)
+    hidden = fixed_masks((16, 16), 4, 3, seed=0)
+    changed = features.clone()
+    changed[..., 4:8, 8:12] += 10.0  # one 4x4 cell
+    with torch.no_grad():
+        before, after = model.restore(features, hidden), model.restore(changed, hidden)
+    torch.testing.assert_close(after[..., 4:8, 8:12], before[..., 4:8, 8:12], rtol=0, atol=1e-5)
+    assert (after - before).abs().amax() > 1e-3  # the change does reach other cells (context is used)
+
+
+# ------------------------------------------------------------------ check 4: hybrid loss
+@pytest.mark.parametrize(("lambda_pix", "lambda_ssim"), [(1.0, 1.0), (0.3, 2.0), (1.0, 0.0)])
+def test_hybrid_loss_matches_independent_mse_and_ssim(lambda_pix: float, lambda_ssim: float) -> None:
+    features = torch.randn(2, 5, 24, 24)
+    restored = features + 0.3 * torch.randn_like(features)
+    loss = HybridLoss(lambda_pix=lambda_pix, lambda_ssim=lambda_ssim)
+    mse = torch.nn.functional.mse_loss(restored, features)
+    structural = 1 - ssim(features, restored, window_size=11, max_val=1.0).mean()
+    torch.testing.assert_close(loss(features, restored), lambda_pix * mse + lambda_ssim * structural)
+    assert float(loss(features, features.clone())) == pytest.approx(0.0, abs=1e-6)
+    assert loss.per_position(features, restored).shape == (2, 24, 24)
+
+
+def test_ssim_term_is_twice_kornias_ssim_loss() -> None:
+    features = torch.rand(2, 4, 32, 32)
+    restored = 0.7 * features + 0.2  # positive, perfectly correlated, other contrast and luminance: 0 < SSIM < 1
+    assert float(ssim(features, restored, 11).min()) >= 0  # kornia clamps 1 - SSIM to [0, 1]; stay where it is exact
+    structural = HybridLoss(lambda_pix=0.0, lambda_ssim=1.0)(features, restored)
+    torch.testing.assert_close(structural, 2 * SSIMLoss(window_size=11)(features, restored))
+
+
+# ------------------------------------------------------------------ check 8: backbones and sizes
+@pytest.mark.parametrize(("backbone", "channels"), [("vgg16", 896), ("tf_efficientnet_lite0", 176), ("resnet18", 448)])
+def test_backbone_channels_at_64x64_for_256_input(backbone: str, channels: int) -> None:
+    aggregator = MultiScaleFeatureAggregator(backbone=backbone, pre_trained=False)
+    with torch.no_grad():
+        features = aggregator(torch.rand(1, 3, 256, 256))
+    assert features.shape == (1, channels, 64, 64)
+
+
+def test_backbone_normalisation_follows_the_backbone() -> None:
+    lite = MultiScaleFeatureAggregator(backbone="tf_efficientnet_lite0", pre_trained=False)
+    resnet = MultiScaleFeatureAggregator(backbone="resnet18", pre_trained=False)
+    assert lite.input_mean.flatten().tolist() == pytest.approx([0.5] * 3)
+    assert lite.input_std.flatten().tolist() == pytest.approx([0.5] * 3)
+    assert resnet.input_mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
+
+
+def test_unknown_backbone_and_layer_are_named() -> None:
+    with pytest.raises(ValueError, match="Unknown backbone 'vgg17'"):
+        MultiScaleFeatureAggregator(backbone="vgg17", pre_trained=False)
+    with pytest.raises(ValueError, match=r"no feature layer\(s\) \['layer9'\].*available"):
+        MultiScaleFeatureAggregator(backbone="resnet18", layers=["layer1", "layer9"], pre_trained=False)
+    with pytest.raises(ValueError, match="no default layer list"):
+        MultiScaleFeatureAggregator(backbone="resnet34", pre_trained=False)
+    assert MultiScaleFeatureAggregator(backbone="resnet34", layers=["layer1"], pre_trained=False).num_channels == 64
+
+
+def test_sizes_not_divisible_by_cell_or_patch_size_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"72x72 input.*not divisible by mask_cell_size \[4\]"):
+        tiny_model(image_size=(72, 72))  # 18x18 features: k=2 fits, k=4 does not
+    with pytest.raises(ValueError, match="patch_size"):
+        tiny_model(image_size=(72, 72), mask_cell_size=[2], patch_size=4)
+    with pytest.raises(ValueError, match="not divisible by feature_stride 4"):
+        tiny_model(image_size=(66, 66))
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="not divisible by mask_cell_size"):
+        model(torch.rand(1, 3, 40, 40))  # 10x10 features at run time
+
+
+# ------------------------------------------------------------------ check 9: offline builds, weights files
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"shared weights not found at {SHARED_WEIGHTS}")
+def test_offline_build_from_the_shared_efficientnet_weights() -> None:
+    from safetensors.torch import load_file
+
+    aggregator = MultiScaleFeatureAggregator(
+        backbone="tf_efficientnet_lite0", pre_trained=False, weights_path=SHARED_WEIGHTS
+    )
+    expected = load_file(str(SHARED_WEIGHTS))
+    loaded = aggregator.extractor.feature_extractor.state_dict()
+    assert loaded.keys() <= expected.keys()
+    assert all(torch.equal(loaded[key], expected[key]) for key in loaded)
+    assert not any(p.requires_grad for p in aggregator.parameters())
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason=f"shared weights not found at {SHARED_WEIGHTS}")
+def test_weights_of_another_architecture_are_rejected() -> None:
+    with pytest.raises(RuntimeError, match="do not match"):
+        MultiScaleFeatureAggregator(backbone="resnet18", pre_trained=False, weights_path=SHARED_WEIGHTS)
+
+
+def test_missing_weights_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.safetensors"
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        MultiScaleFeatureAggregator(backbone="resnet18", pre_trained=False, weights_path=missing)
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_backbone_weights(torch.nn.Linear(1, 1), missing)
+
+
+def test_failed_download_says_how_to_run_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
+    with pytest.raises(RuntimeError, match=r"(?s)hf-hub:timm/resnet18.*weights_path.*pre_trained false"):
+        MultiScaleFeatureAggregator(backbone="resnet18", pre_trained=True)
