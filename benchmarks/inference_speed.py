@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 
-def _interleaved_medians(
+def interleaved_medians(
     candidates: dict[str, Callable[[], object]],
     runs: int,
     warmup: int,
@@ -50,7 +50,8 @@ def _interleaved_medians(
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def _count(module: torch.nn.Module) -> int:
+def count_parameters(module: torch.nn.Module) -> int:
+    """Number of parameters of ``module`` (trainable or not)."""
     return sum(p.numel() for p in module.parameters())
 
 
@@ -88,7 +89,7 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:
     crr = CrrModel(encoder_name=args.encoder, encoder_weights=None).eval().to(device)
     crr.mark_seg_head_trained()
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    medians = _interleaved_medians(
+    medians = interleaved_medians(
         {
             "Dinomaly (anomalib)": lambda: dinomaly(normalized),
             "CRR, reconstruction map only": lambda: crr_rec(images),
@@ -99,9 +100,9 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:
         synchronize,
     )
     sizes = {
-        "Dinomaly (anomalib)": _count(dinomaly),
-        "CRR, reconstruction map only": _count(crr),
-        "CRR, fused map (default)": _count(crr),
+        "Dinomaly (anomalib)": count_parameters(dinomaly),
+        "CRR, reconstruction map only": count_parameters(crr),
+        "CRR, fused map (default)": count_parameters(crr),
     }
     dinomaly_ms = medians["Dinomaly (anomalib)"] * 1000 / args.batch
     rows = [
@@ -121,10 +122,11 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:
             }
         )
     params = {
-        "encoder (frozen, pruned to the deepest target block)": _count(crr.encoder),
-        "stage I trainable (bottleneck + decoder)": _count(crr.bottleneck) + _count(crr.decoder),
-        "stage II trainable (segmentation head)": _count(crr.seg_head),
-        "Dinomaly trainable (bottleneck + decoder)": _count(dinomaly.bottleneck) + _count(dinomaly.decoder),
+        "encoder (frozen, pruned to the deepest target block)": count_parameters(crr.encoder),
+        "stage I trainable (bottleneck + decoder)": count_parameters(crr.bottleneck) + count_parameters(crr.decoder),
+        "stage II trainable (segmentation head)": count_parameters(crr.seg_head),
+        "Dinomaly trainable (bottleneck + decoder)": count_parameters(dinomaly.bottleneck)
+        + count_parameters(dinomaly.decoder),
     }
     print("\nParameter counts (M):")
     for name, count in params.items():

@@ -86,3 +86,13 @@ def tiny_mfrnet(**overrides: Any):
     kwargs = {**TINY_MFRNET, **overrides}
     kwargs.setdefault("pre_processor", MFRNet.configure_pre_processor(image_size=(TINY_IMAGE, TINY_IMAGE)))
     return MFRNet(**kwargs)
+
+
+def onnx_outputs(onnx_path: Path, images: Any) -> dict[str, Any]:
+    """Run an exported anomalib ONNX model with onnxruntime on CPU; outputs by name."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    results = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    return dict(zip(names, results, strict=True))

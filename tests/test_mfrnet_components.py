@@ -171,9 +171,9 @@ def test_weights_of_another_architecture_are_rejected() -> None:
 
 def test_missing_weights_file_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "nope.safetensors"
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         MultiScaleFeatureAggregator(backbone="resnet18", pre_trained=False, weights_path=missing)
-    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.safetensors"):
         load_backbone_weights(torch.nn.Linear(1, 1), missing)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from anomalib.models import get_model, list_models
 
-from anomalib_crr import CRR
+from anomalib_crr import CRR, MFRNet
 from anomalib_crr.cli import main as crr_main
 
-from .helpers import PRINT_CONFIG_ARGS, TINY_CRR
+from .helpers import PRINT_CONFIG_ARGS, TINY_CRR, TINY_MFRNET
 
 
 @pytest.mark.parametrize("name", ["crr", "CRR"])
@@ -21,8 +21,23 @@ def test_get_model_finds_crr(name: str) -> None:
     assert isinstance(model, CRR)
 
 
-def test_list_models_includes_crr() -> None:
-    assert {"crr", "c_r_r"} & set(list_models())
+@pytest.mark.parametrize("name", ["mfrnet", "MFRNet"])
+def test_get_model_finds_mfrnet(name: str) -> None:
+    assert isinstance(get_model(name, **TINY_MFRNET), MFRNet)
+
+
+@pytest.mark.parametrize("model", ["MFRNet", "anomalib_crr.MFRNet"])
+def test_cli_resolves_mfrnet_by_short_name_and_class_path(model: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        crr_main(["train", "--model", model, "--data", "anomalib.data.MVTecAD", "--print_config"])
+    assert exit_info.value.code == 0
+    assert "class_path: anomalib_crr.MFRNet" in capsys.readouterr().out
+
+
+def test_list_models_includes_crr_and_mfrnet() -> None:
+    names = set(list_models())
+    assert {"crr", "c_r_r"} & names
+    assert {"mfrnet", "m_f_r_net", "mfr_net"} & names
 
 
 def test_startup_hook_is_installed_and_imports_nothing_heavy() -> None:
@@ -72,11 +87,33 @@ def test_demo_without_weights_offline_fails_with_a_message(
     assert "Traceback" not in err
 
 
+def test_mfrnet_demo_runs_offline_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from anomalib_crr.demo import run_demo
+
+    args = ["--model", "MFRNet", "--output", str(tmp_path), "--weights", "none", "--categories", "washer"]
+    results = run_demo([*args, "--epochs", "1", "--image-size", "64"])
+    assert results[0]["category"] == "washer"
+    assert 0.0 <= results[0]["pixel_AUROC"] <= 1.0
+    assert "MFRNet/MVTecAD" in capsys.readouterr().out
+    assert list((tmp_path / "results" / "MFRNet").rglob("images/*/*.png"))
+
+
+def test_demo_rejects_a_size_mfrnet_cannot_tile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        crr_main(["demo", "--model", "MFRNet", "--weights", "none", "--output", str(tmp_path), "--image-size", "72"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "72x72" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
         ("crr.yaml", {"encoder_name": "vit_base_patch14_reg4_dinov2", "stage1_steps": 10000, "stage2_steps": 8000}),
         ("crr_smoke.yaml", {"encoder_name": "vit_small_patch14_reg4_dinov2", "encoder_weights": None}),
+        ("mfrnet.yaml", {"backbone": "vgg16", "mask_cell_size": [2, 4, 8], "num_masks": 3, "depth": 8}),
+        ("mfrnet_smoke.yaml", {"backbone": "tf_efficientnet_lite0", "pre_trained": False}),
     ],
 )
 def test_shipped_configs_parse(config: str, expected: dict, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,6 +124,6 @@ def test_shipped_configs_parse(config: str, expected: dict, capsys: pytest.Captu
         crr_main(["train", "--config", str(path), "--data", "anomalib.data.MVTecAD", "--print_config"])
     out = capsys.readouterr().out
     parsed = yaml.safe_load(out[out.index("seed_everything:") :])
-    assert parsed["model"]["class_path"] == "anomalib_crr.CRR"
+    assert parsed["model"]["class_path"] == ("anomalib_crr.MFRNet" if "mfrnet" in config else "anomalib_crr.CRR")
     for key, value in expected.items():
         assert parsed["model"]["init_args"][key] == value

@@ -26,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             # Bad input (weights, folders, sizes) gets its message, not a stack trace.
             print(f"anomalib-crr demo: error: {exc}", file=sys.stderr)
             print(
-                "Offline, run `anomalib-crr demo --encoder-weights none` (random-init encoder) or pass a local "
-                "checkpoint with `--encoder-weights /path/to/vit_small_patch14_reg4_dinov2.safetensors`.",
+                "Offline, run `anomalib-crr demo --encoder-weights none` (random-init backbone) or pass a local "
+                "checkpoint with `--encoder-weights /path/to/weights.safetensors` (the ViT-S/14 DINOv2 for CRR, "
+                "tf_efficientnet_lite0 for MFRNet).",
                 file=sys.stderr,
             )
             raise SystemExit(2) from None

@@ -1,14 +1,18 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""``anomalib-crr demo``: generate a small synthetic dataset, train and test CRR on it, write anomaly maps.
+"""``anomalib-crr demo``: generate a small synthetic dataset, train and test CRR or MFRNet on it, write anomaly maps.
 
-The demo runs the same path a user runs on MVTec AD (``MVTecAD`` datamodule, ``Engine.fit`` with both
-CRR stages, ``Engine.test`` with anomalib's metrics and visualiser), only on a procedurally generated
-dataset and with a small configuration (ViT-S, 4 blocks, 112² crops, 60 + 40 steps) that finishes in a
-few minutes on two CPU cores. With internet access it starts from pretrained DINOv2 weights; with
-``--encoder-weights none`` it runs fully offline from a random-init encoder (a pipeline check: the
-numbers then say little about the method).
+The demo runs the same path a user runs on MVTec AD (``MVTecAD`` datamodule, ``Engine.fit``,
+``Engine.test`` with anomalib's metrics and visualiser), only on a procedurally generated dataset and
+with a small configuration that finishes in a few minutes on two CPU cores:
+
+* ``--model CRR`` (default): ViT-S, 4 blocks, 112² crops, 60 + 40 steps.
+* ``--model MFRNet``: EfficientNet-Lite0 features at 128², a 2-block restorer, 10 epochs.
+
+With internet access the backbone starts from pretrained weights; ``--weights none`` runs fully
+offline from a random-init backbone (a pipeline check: the numbers then say little about the method),
+and ``--weights PATH`` loads a local checkpoint.
 """
 
 from __future__ import annotations
@@ -31,25 +35,73 @@ SMOKE_MODEL_ARGS: dict[str, Any] = {
     "dtd_dir": None,
 }
 
+SMOKE_MFRNET_ARGS: dict[str, Any] = {
+    "backbone": "tf_efficientnet_lite0",
+    "stem_dim": 64,
+    "embed_dim": 128,
+    "depth": 2,
+    "num_heads": 4,
+}
+
+MODELS = ("CRR", "MFRNet")
+
 
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="anomalib-crr demo",
-        description="Train and test CRR on a generated MVTec-style dataset (offline with --encoder-weights none).",
+        description="Train and test CRR or MFRNet on a generated MVTec-style dataset (offline with --weights none).",
     )
+    parser.add_argument("--model", choices=MODELS, default="CRR", help="model to train (default CRR)")
     parser.add_argument("--output", type=Path, default=Path("demo_output"), help="folder for data and results")
     parser.add_argument(
+        "--weights",
         "--encoder-weights",
+        dest="weights",
         default="pretrained",
-        help="'pretrained' (download, default), 'none' (random init, offline) or a local checkpoint path",
+        help="backbone weights: 'pretrained' (download, default), 'none' (random init, offline) or a local file",
     )
     parser.add_argument("--categories", nargs="+", default=["weave", "washer"], help="synthetic categories")
-    parser.add_argument("--stage1-steps", type=int, default=60)
-    parser.add_argument("--stage2-steps", type=int, default=40)
-    parser.add_argument("--image-size", type=int, default=128, help="generated image side; crop = largest 14k below")
+    parser.add_argument("--stage1-steps", type=int, default=60, help="CRR stage-I steps")
+    parser.add_argument("--stage2-steps", type=int, default=40, help="CRR stage-II steps")
+    parser.add_argument("--epochs", type=int, default=10, help="MFRNet epochs")
+    parser.add_argument(
+        "--image-size", type=int, default=128, help="generated image side (CRR crops to the largest multiple of 14)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(list(argv))
+
+
+def _build_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The demo model and the extra Engine arguments it needs."""
+    weights = None if args.weights.lower() in {"none", "null"} else args.weights
+    if args.model == "MFRNet":
+        from anomalib_crr import MFRNet
+
+        weight_args: dict[str, Any] = {"pre_trained": weights == "pretrained"}
+        if weights not in {None, "pretrained"}:
+            weight_args["weights_path"] = weights
+        model = MFRNet(
+            **weight_args,
+            pre_processor=MFRNet.configure_pre_processor(image_size=(args.image_size, args.image_size)),
+            **SMOKE_MFRNET_ARGS,
+        )
+        return model, {"max_epochs": args.epochs}
+
+    from anomalib_crr import CRR
+
+    crop = (args.image_size // 14) * 14
+    if crop < 14:
+        msg = f"--image-size {args.image_size} is too small for CRR: it must be at least 14"
+        raise ValueError(msg)
+    model = CRR(
+        encoder_weights=weights,
+        stage1_steps=args.stage1_steps,
+        stage2_steps=args.stage2_steps,
+        pre_processor=CRR.configure_pre_processor(image_size=(args.image_size, args.image_size), crop_size=crop),
+        **SMOKE_MODEL_ARGS,
+    )
+    return model, {}
 
 
 def run_demo(argv: Sequence[str]) -> list[dict[str, float]]:
@@ -59,14 +111,7 @@ def run_demo(argv: Sequence[str]) -> list[dict[str, float]]:
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
-    from anomalib_crr import CRR
     from anomalib_crr.data import make_synthetic_mvtec
-
-    weights: str | None = None if args.encoder_weights.lower() in {"none", "null"} else args.encoder_weights
-    crop = (args.image_size // 14) * 14
-    if crop < 14:
-        msg = f"--image-size {args.image_size} is too small: it must be at least 14"
-        raise SystemExit(msg)
 
     data_root = args.output / "dataset"
     # A category counts as present once it has training images; make_synthetic_mvtec refuses non-empty folders.
@@ -81,13 +126,7 @@ def run_demo(argv: Sequence[str]) -> list[dict[str, float]]:
     for category in args.categories:
         seed_everything(args.seed, workers=True)
         start = time.perf_counter()
-        model = CRR(
-            encoder_weights=weights,
-            stage1_steps=args.stage1_steps,
-            stage2_steps=args.stage2_steps,
-            pre_processor=CRR.configure_pre_processor(image_size=(args.image_size, args.image_size), crop_size=crop),
-            **SMOKE_MODEL_ARGS,
-        )
+        model, engine_args = _build_model(args)
         datamodule = MVTecAD(
             root=data_root,
             category=category,
@@ -95,7 +134,7 @@ def run_demo(argv: Sequence[str]) -> list[dict[str, float]]:
             eval_batch_size=args.batch_size,
             num_workers=0,
         )
-        engine = Engine(default_root_dir=args.output / "results", devices=1, logger=False)
+        engine = Engine(default_root_dir=args.output / "results", devices=1, logger=False, **engine_args)
         engine.fit(model=model, datamodule=datamodule)
         metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
         metrics = {"category": category, **{k: float(v) for k, v in metrics.items()}}
@@ -103,7 +142,7 @@ def run_demo(argv: Sequence[str]) -> list[dict[str, float]]:
         results.append(metrics)
 
     _print_table(results)
-    print(f"Anomaly-map images: {args.output / 'results' / 'CRR' / 'MVTecAD'}/<category>/latest/images")
+    print(f"Anomaly-map images: {args.output / 'results' / args.model / 'MVTecAD'}/<category>/latest/images")
     return results
 
 

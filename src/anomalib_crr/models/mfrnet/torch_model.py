@@ -47,7 +47,7 @@ class MFRNetModel(nn.Module):
         mask_cell_size: Cell side(s) ``k`` in feature positions; training samples one per batch, test averages all.
         num_masks: Number ``n`` of complementary masks.
         mask_seed: Seed of the fixed test partitions.
-        image_size: Input size the test partitions are precomputed for (other sizes compute them on the fly).
+        image_size: Input size the pre-processor produces; validated here, so a size that does not tile fails early.
         stem_dim: Restorer stem/head width ``d``.
         embed_dim: Restorer transformer width ``D``.
         depth: Number of hybrid blocks ``L``.
@@ -115,10 +115,6 @@ class MFRNetModel(nn.Module):
         )
         self.loss = HybridLoss(lambda_pix, lambda_ssim, window_size=ssim_window, data_range=ssim_data_range)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_mode=score_mode)
-        # Fixed test partitions for the configured size: no RNG at inference, so eval is deterministic and exportable.
-        self.register_buffer(
-            "test_masks", self._test_masks(self.aggregator.feature_size(*image_size)), persistent=False
-        )
 
     @property
     def num_channels(self) -> int:
@@ -146,9 +142,9 @@ class MFRNetModel(nn.Module):
         check_divisible(feature_size, (self.patch_size,), what="feature map (restorer patch_size)")
         return feature_size
 
-    def _test_masks(self, feature_size: tuple[int, int]) -> torch.Tensor:
-        """Hidden masks of the fixed test partitions, ``(K, n, h, w)``."""
-        return torch.cat([fixed_masks(feature_size, k, self.num_masks, self.mask_seed) for k in self.cell_sizes])
+    def test_masks(self, feature_size: tuple[int, int]) -> list[torch.Tensor]:
+        """Hidden masks of the fixed test partitions, one ``(1, n, h, w)`` tensor per cell size (cached, CPU)."""
+        return [fixed_masks(feature_size, k, self.num_masks, self.mask_seed) for k in self.cell_sizes]
 
     def restore(self, features: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Parallel restorations recombined: ``F̂ = Σ_i R([F ⊙ M_i; M_i]) ⊙ (1 − M_i)``.
@@ -181,12 +177,9 @@ class MFRNetModel(nn.Module):
             )
             return features, self.restore(features, hidden)
 
-        test_masks = self.test_masks
-        if tuple(test_masks.shape[-2:]) != feature_size:
-            test_masks = self._test_masks(feature_size).to(images.device)
         discrepancy = torch.zeros(features.shape[0], *feature_size, device=images.device)
-        for index in range(len(self.cell_sizes)):
-            hidden = test_masks[index].unsqueeze(0).expand(features.shape[0], -1, -1, -1)
+        for masks in self.test_masks(feature_size):
+            hidden = masks.to(images.device).expand(features.shape[0], -1, -1, -1)
             discrepancy = discrepancy + self.loss.per_position(features, self.restore(features, hidden))
         discrepancy = discrepancy / len(self.cell_sizes)
         anomaly_map, pred_score = self.anomaly_map_generator(discrepancy, image_size)

@@ -10,6 +10,9 @@ position from context only: an anomaly never sees itself (the paper's answer to 
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 
@@ -74,7 +77,20 @@ def crossed_masks(
     return partition_to_masks(subset, cell_size, num_masks)
 
 
+@functools.lru_cache(maxsize=64)
 def fixed_masks(feature_size: tuple[int, int], cell_size: int, num_masks: int, seed: int) -> torch.Tensor:
-    """The test-time partition for one cell size: the same for every image and every call, ``(1, n, H, W)``."""
-    generator = torch.Generator().manual_seed(seed + 7919 * cell_size)
-    return crossed_masks(1, feature_size, cell_size, num_masks, generator=generator)
+    """The test-time partition for one cell size, the same for every image and call: ``(1, n, H, W)``.
+
+    Drawn with NumPy's seeded generator and cached, so inference uses no torch RNG: the masks enter an
+    exported graph as constants, and any input size gets its own fixed partition. Do not modify the result.
+    """
+    check_divisible(feature_size, (cell_size,))
+    grid = (feature_size[0] // cell_size, feature_size[1] // cell_size)
+    cells = grid[0] * grid[1]
+    if num_masks > cells:
+        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
+        raise ValueError(msg)
+    order = np.random.default_rng([seed, cell_size]).permutation(cells)
+    subset = np.empty(cells, dtype=np.int64)
+    subset[order] = np.arange(cells) % num_masks
+    return partition_to_masks(torch.from_numpy(subset).view(1, *grid), cell_size, num_masks)
