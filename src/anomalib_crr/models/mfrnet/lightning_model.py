@@ -262,7 +262,7 @@ class MFRNet(AnomalibModule):
         del args, kwargs
         features, restored = self.model(batch.image)
         loss = self.model.loss(features, restored)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch.image.shape[0])
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
