@@ -86,6 +86,14 @@ def _check_category(train: AnomalibDataset, test: AnomalibDataset, category: str
         raise ValueError(msg)
 
 
+def _has_test_anomalies(category_root: Path) -> bool:
+    """Whether an MVTec-layout category has a non-empty defect folder under ``test``."""
+    test_root = category_root / "test"
+    if not test_root.is_dir():
+        return False
+    return any(d.is_dir() and d.name != "good" and any(d.iterdir()) for d in test_root.iterdir())
+
+
 def _tag_and_concatenate(datasets: list[tuple[str, AnomalibDataset]]) -> AnomalibDataset:
     """Add a ``category`` column to each dataset's samples and concatenate them (anomalib's ``+``)."""
     for category, dataset in datasets:
@@ -117,8 +125,14 @@ class _MultiClassMixin:
         for category in self.categories:
             try:
                 train_data, test_data = self._build(Split.TRAIN, category), self._build(Split.TEST, category)
-            except (RuntimeError, FileNotFoundError) as exc:
-                msg = f"Category '{category}' could not be read from {self._category_root(category)}: {exc}"
+            except (RuntimeError, FileNotFoundError, ValueError, KeyError) as exc:
+                where = self._category_root(category)
+                if str(exc).startswith(f"Category '{category}'"):
+                    raise
+                if not _has_test_anomalies(where):
+                    msg = f"Category '{category}' has no anomalous test images (looked in {where / 'test'})."
+                else:
+                    msg = f"Category '{category}' could not be read from {where}: {exc}"
                 raise ValueError(msg) from exc
             _check_category(train_data, test_data, category, self._category_root(category))
             train.append((category, train_data))
