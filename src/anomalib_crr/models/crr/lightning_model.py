@@ -46,6 +46,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
 from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
@@ -58,7 +59,7 @@ DEFAULT_CROP_SIZE = 392
 PATCH_SIZE = 14
 
 
-class CRR(AnomalibModule):
+class CRR(Opset18OnnxExport, AnomalibModule):
     """CRR Lightning module.
 
     Args:
@@ -219,21 +220,6 @@ class CRR(AnomalibModule):
         """Rebuild from a checkpoint without downloading encoder weights: the checkpoint holds them."""
         kwargs.setdefault("encoder_weights", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Export to ONNX with opset 18 unless told otherwise.
-
-        torch's dynamo exporter builds opset 18; anomalib's default target of 14 makes it attempt a
-        down-conversion that fails for this graph (with a long printed traceback) and keeps 18 anyway.
-        """
-        kwargs.setdefault("opset_version", 18)
-        return super().to_onnx(export_root, model_file_name=model_file_name, input_size=input_size, **kwargs)
 
     @property
     def learning_type(self) -> LearningType:

@@ -40,6 +40,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Normalize, Resize
 
 from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .anomaly_map import ScoreMode
 from .components import FeatureNorm
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = (256, 256)
 
 
-class MFRNet(AnomalibModule):
+class MFRNet(Opset18OnnxExport, AnomalibModule):
     """MFRNet Lightning module.
 
     Args:
@@ -183,17 +184,6 @@ class MFRNet(AnomalibModule):
         kwargs.setdefault("pre_trained", False)
         kwargs.setdefault("weights_path", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
-
-    def to_onnx(
-        self,
-        export_root: Path | str,
-        model_file_name: str = "model",
-        input_size: tuple[int, int] | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Export to ONNX with opset 18 (torch's exporter builds 18; anomalib's 14 needs a failing down-conversion)."""
-        kwargs.setdefault("opset_version", 18)
-        return super().to_onnx(export_root, model_file_name=model_file_name, input_size=input_size, **kwargs)
 
     @property
     def learning_type(self) -> LearningType:
