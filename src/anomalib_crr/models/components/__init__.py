@@ -1,9 +1,17 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""Helpers shared by the models: hub access, local weight files and pre-processor inspection."""
+"""Helpers shared by the models: hub access, local weight files, pre-processor inspection, fit-end validation."""
 
+from .fit_end import ValidateAtFitEnd, ValidatesAtFitEnd
 from .hub import hub_id, offline_hub_if_unreachable
 from .transforms import flatten_transforms, transform_output_size
 
-__all__ = ["flatten_transforms", "hub_id", "offline_hub_if_unreachable", "transform_output_size"]
+__all__ = [
+    "ValidateAtFitEnd",
+    "ValidatesAtFitEnd",
+    "flatten_transforms",
+    "hub_id",
+    "offline_hub_if_unreachable",
+    "transform_output_size",
+]

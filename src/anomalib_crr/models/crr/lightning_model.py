@@ -45,7 +45,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
-from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
@@ -59,7 +59,7 @@ DEFAULT_CROP_SIZE = 392
 PATCH_SIZE = 14
 
 
-class CRR(Opset18OnnxExport, AnomalibModule):
+class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     """CRR Lightning module.
 
     Args:
@@ -236,7 +236,9 @@ class CRR(Opset18OnnxExport, AnomalibModule):
         """Run exactly ``stage1_steps + stage2_steps`` steps and validate once, at the end.
 
         Clipping is done manually in stage I only; validation costs a full seg-head pass per image, and
-        thresholds come from the last validation, so validating once at the end is enough.
+        thresholds come from the last validation, so validating once at the end is enough. A fit that the
+        trainer ends earlier (``max_epochs``, ``max_time``, early stopping, Ctrl-C) is validated once when it
+        ends, by :class:`~anomalib_crr.models.components.ValidateAtFitEnd`.
         """
         return {
             "max_steps": self.total_steps,
@@ -373,20 +375,29 @@ class CRR(Opset18OnnxExport, AnomalibModule):
         optimizer.step()
         return loss.detach()
 
-    def on_train_end(self) -> None:
-        """Warn when the trainer stopped before both stages finished (e.g. a ``max_epochs`` limit)."""
+    def unfinished_fit_message(self) -> str | None:
+        """How far the two stages got, when the fit ended before ``stage1_steps + stage2_steps``.
+
+        Read by :class:`~anomalib_crr.models.components.ValidateAtFitEnd` (which then validates once, so the
+        cut-short run still has thresholds and a checkpoint); ``None`` once both stages are done.
+        """
         done = self._step
-        if done < self.total_steps:
-            logger.warning(
-                "CRR training stopped after %d of %d steps (stage I %d, stage II %d); %s",
-                done,
-                self.total_steps,
-                self.stage1_steps,
-                self.stage2_steps,
-                "the segmentation head is untrained, so maps use reconstruction only."
-                if done <= self.stage1_steps
-                else "the segmentation head is partly trained.",
+        if done >= self.total_steps:
+            return None
+        if done <= self.stage1_steps:
+            stage = (
+                f"stage I (reconstruction + repair) reached step {done} of {self.stage1_steps} and stage II "
+                "(segmentation head) never ran, so anomaly maps use the reconstruction map only"
             )
+        else:
+            stage = (
+                f"stage II (segmentation head) reached step {done - self.stage1_steps} of {self.stage2_steps}; "
+                "anomaly maps fuse the partly trained segmentation head"
+            )
+        return (
+            f"training stopped after {done} of {self.total_steps} configured optimizer steps "
+            f"(stage1_steps={self.stage1_steps}, stage2_steps={self.stage2_steps}): {stage}."
+        )
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict scores and maps for the validation batch."""

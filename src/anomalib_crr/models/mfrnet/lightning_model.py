@@ -39,7 +39,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Normalize, Resize
 
-from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .anomaly_map import ScoreMode
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_IMAGE_SIZE = (256, 256)
 
 
-class MFRNet(Opset18OnnxExport, AnomalibModule):
+class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     """MFRNet Lightning module.
 
     Args:

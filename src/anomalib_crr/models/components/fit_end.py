@@ -1,0 +1,113 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""Validate once at the end of a fit that stopped without validating its last weights.
+
+anomalib computes the image/pixel thresholds and the normalisation statistics during validation, and
+its Engine's ``ModelCheckpoint`` writes ``weights/lightning/model.ckpt`` when validation ends. Lightning
+only validates on its own schedule (every epoch, or every ``val_check_interval`` steps) and when a
+callback sets ``trainer.should_stop``. A fit that ends between two scheduled validations (``max_epochs``
+or ``max_steps`` reached first, a ``KeyboardInterrupt``) therefore leaves no threshold and no checkpoint,
+so it cannot be tested, predicted or exported. CRR, whose single validation comes after
+``stage1_steps + stage2_steps``, hits this whenever a user caps the run; MFRNet hits it when
+``max_steps`` ends an epoch early.
+
+:class:`ValidateAtFitEnd` closes that gap with Lightning's own validation loop, so every other
+callback (post-processor, evaluator, checkpoint) runs exactly as in a scheduled validation. Models get it
+through the :class:`ValidatesAtFitEnd` mixin.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+
+logger = logging.getLogger(__name__)
+
+
+class ValidateAtFitEnd(Callback):
+    """Run one validation when a fit ends (or is interrupted with Ctrl-C) after the last validated step.
+
+    A model may define ``unfinished_fit_message() -> str | None``: a description of how far its own
+    schedule got (e.g. CRR's stages), returned only when the fit ended before that schedule was done.
+    It is logged as a warning whether or not a validation is added.
+
+    Runs that validate after their last optimizer step (every ordinary epoch-based fit, and a CRR fit
+    that reaches its configured steps) are left untouched.
+    """
+
+    def __init__(self) -> None:
+        self._validated_at_step: int | None = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Forget any validation of an earlier fit with the same model."""
+        del trainer, pl_module
+        self._validated_at_step = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Remember the optimizer step whose weights the last fit-time validation saw."""
+        del pl_module
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._validated_at_step = trainer.global_step
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The training loop is done (limits reached, early stop, time limit): validate if needed."""
+        self._finish(trainer, pl_module, reason="the trainer stopped")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A graceful interrupt (Ctrl-C) still leaves a validated checkpoint; real errors are left alone.
+
+        After a ``KeyboardInterrupt`` the model is intact (the interrupt lands between Python operations),
+        so its weights are as usable as at any step. Other exceptions may leave it half-updated and are
+        re-raised by Lightning without an extra validation.
+        """
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == TrainerFn.FITTING:
+            self._finish(trainer, pl_module, reason="the fit was interrupted (KeyboardInterrupt)")
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reason: str) -> None:
+        describe: Any = getattr(pl_module, "unfinished_fit_message", None)
+        message = describe() if callable(describe) else None
+        if message:
+            logger.warning("%s: %s", type(pl_module).__name__, message)
+        if self._validated_at_step == trainer.global_step or not trainer.enable_validation:
+            return
+        logger.warning(
+            "%s: %s at step %d without validating the last weights; validating once now so that thresholds "
+            "and normalisation statistics exist and a checkpoint is written.",
+            type(pl_module).__name__,
+            reason,
+            trainer.global_step,
+        )
+        run_validation_loop(trainer)
+
+
+def run_validation_loop(trainer: pl.Trainer) -> None:
+    """Run the fit loop's validation exactly as Lightning's training epoch loop does between batches.
+
+    Using the fit loop's own ``val_loop`` (not ``trainer.validate``, which cannot be called during a fit)
+    keeps the trainer in its fitting state, so the checkpoint callback saves and the logged metrics
+    belong to this fit.
+
+    Args:
+        trainer: The trainer of the fit that is ending.
+    """
+    trainer.lightning_module.zero_grad(set_to_none=True)  # free gradient memory, as Lightning does
+    trainer.validating = True
+    try:
+        trainer.fit_loop.epoch_loop.val_loop.run()  # restores each submodule's train/eval mode itself
+    finally:
+        trainer.training = True
+
+
+class ValidatesAtFitEnd:
+    """Mixin for ``AnomalibModule`` subclasses: adds :class:`ValidateAtFitEnd` to the model's callbacks."""
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The component callbacks of anomalib, plus one validation at the end of a fit that was cut short."""
+        callbacks = super().configure_callbacks()  # type: ignore[misc]
+        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), ValidateAtFitEnd()]
