@@ -142,17 +142,6 @@ def test_load_from_checkpoint_rebuilds_from_hparams_with_identical_scores(
     assert torch.equal(expected.anomaly_map, actual.anomaly_map)
 
 
-def test_stopping_early_warns(tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    model = tiny_crr(stage1_steps=5, stage2_steps=5)
-    datamodule = MVTecAD(root=tiny_dataset, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1, max_epochs=1)
-    with caplog.at_level("WARNING"):
-        engine.fit(model=model, datamodule=datamodule)
-    assert int(model.train_step_count) == 2
-    assert "stopped after 2 of 10 steps" in caplog.text
-    assert not model.model.seg_head_trained
-
-
 def test_two_process_ddp_keeps_ranks_in_sync(tiny_dataset: Path, tmp_path: Path) -> None:
     """``strategy="ddp"`` with the default ``find_unused_parameters=False`` trains both stages on 2 CPU ranks."""
     import sys

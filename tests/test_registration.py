@@ -127,3 +127,84 @@ def test_shipped_configs_parse(config: str, expected: dict, capsys: pytest.Captu
     assert parsed["model"]["class_path"] == ("anomalib_crr.MFRNet" if "mfrnet" in config else "anomalib_crr.CRR")
     for key, value in expected.items():
         assert parsed["model"]["init_args"][key] == value
+
+
+# ---------------------------------------------------------------- every name form anomalib accepts (issue 13)
+# Small, offline init args per model, and one value each form must pass through to the instance.
+NAME_FORM_ARGS = {
+    "CRR": ({**TINY_CRR, "stage1_steps": 7, "stage2_steps": 3}, lambda model: model.stage1_steps == 7),
+    "MFRNet": ({**TINY_MFRNET, "lr": 3e-4}, lambda model: model.hparams.lr == 3e-4),
+}
+MODEL_CLASSES = {"CRR": CRR, "MFRNet": MFRNet}
+
+
+def _dict_form(class_path: str, init_args: dict) -> dict:
+    return {"class_path": class_path, "init_args": dict(init_args)}
+
+
+@pytest.mark.parametrize("name", sorted(NAME_FORM_ARGS))
+@pytest.mark.parametrize(
+    "form",
+    [
+        _dict_form,
+        lambda name, args: _dict_form(f"anomalib_crr.{name}", args),
+        lambda name, args: _dict_form(f"anomalib.models.{name}", args),
+        lambda name, args: __import__("omegaconf").OmegaConf.create(_dict_form(name, args)),
+        lambda name, args: __import__("jsonargparse").Namespace(class_path=name, init_args=dict(args)),
+    ],
+    ids=["dict", "dict-plugin-path", "dict-anomalib-path", "DictConfig", "Namespace"],
+)
+def test_get_model_config_forms_find_the_plugin_models(name: str, form) -> None:
+    init_args, applied = NAME_FORM_ARGS[name]
+    model = get_model(form(name, init_args))
+    assert type(model) is MODEL_CLASSES[name]
+    assert applied(model)
+
+
+def test_unknown_class_path_is_still_refused() -> None:
+    from anomalib.models import UnknownModelError
+
+    with pytest.raises(UnknownModelError):
+        get_model({"class_path": "anomalib_crr.models.crr.lightning_model.CRR"})  # only the top-level module
+
+
+def test_from_anomalib_models_import_in_a_fresh_interpreter() -> None:
+    code = "from anomalib.models import CRR, MFRNet; print(CRR.__module__, MFRNet.__module__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [
+        "anomalib_crr.models.crr.lightning_model",
+        "anomalib_crr.models.mfrnet.lightning_model",
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(NAME_FORM_ARGS))
+def test_anomalib_cli_yaml_with_short_class_path(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+    from anomalib.cli.cli import AnomalibCLI
+
+    init_args = dict(NAME_FORM_ARGS[name][0])
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": {"class_path": name, "init_args": init_args}}))
+    with pytest.raises(SystemExit) as exit_info:
+        AnomalibCLI(args=["train", "--config", str(config), "--data", "anomalib.data.MVTecAD", "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    parsed = yaml.safe_load(out[out.index("seed_everything:") :])
+    assert parsed["model"]["class_path"] == f"anomalib_crr.{name}"
+
+
+@pytest.mark.parametrize("name", sorted(NAME_FORM_ARGS))
+def test_anomalib_benchmark_pipeline_builds_jobs_for_short_class_paths(name: str, tiny_dataset: Path) -> None:
+    from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
+
+    init_args, applied = NAME_FORM_ARGS[name]
+    args = {
+        "seed": 0,
+        "model": _dict_form(name, init_args),
+        "data": {"class_path": "MVTecAD", "init_args": {"root": str(tiny_dataset), "category": "washer"}},
+    }
+    jobs = list(BenchmarkJobGenerator(accelerator="cpu").generate_jobs(args, None))
+    assert len(jobs) == 1
+    assert type(jobs[0].model) is MODEL_CLASSES[name]
+    assert applied(jobs[0].model)

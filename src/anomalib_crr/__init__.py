@@ -4,10 +4,14 @@
 """anomalib-crr: CRR and MFRNet anomaly-detection models for anomalib.
 
 Importing this package registers the models with anomalib (they subclass ``AnomalibModule``), so
-``anomalib train --model CRR``, ``anomalib.models.get_model("crr")`` and ``list_models()`` find them.
+``anomalib train --model CRR``, ``anomalib.models.get_model("crr")``, ``get_model({"class_path": "CRR"})``,
+``from anomalib.models import CRR`` and ``list_models()`` find them (see :mod:`anomalib_crr.registration`).
 """
 
 from anomalib_crr.models import CRR, MFRNet
+from anomalib_crr.registration import register_with_anomalib
+
+register_with_anomalib(CRR, MFRNet)
 
 __version__ = "0.1.0"
 

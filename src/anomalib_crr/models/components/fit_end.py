@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
 logger = logging.getLogger(__name__)
@@ -90,18 +90,44 @@ def run_validation_loop(trainer: pl.Trainer) -> None:
     """Run the fit loop's validation exactly as Lightning's training epoch loop does between batches.
 
     Using the fit loop's own ``val_loop`` (not ``trainer.validate``, which cannot be called during a fit)
-    keeps the trainer in its fitting state, so the checkpoint callback saves and the logged metrics
-    belong to this fit.
+    keeps the trainer in its fitting state, so the logged metrics belong to this fit and checkpoint
+    callbacks that save on validation end save now.
 
     Args:
         trainer: The trainer of the fit that is ending.
     """
+    saved_before = {id(cb): cb._last_global_step_saved for cb in trainer.checkpoint_callbacks}
     trainer.lightning_module.zero_grad(set_to_none=True)  # free gradient memory, as Lightning does
     trainer.validating = True
     try:
         trainer.fit_loop.epoch_loop.val_loop.run()  # restores each submodule's train/eval mode itself
     finally:
         trainer.training = True
+    _save_validated_checkpoints(trainer, saved_before)
+
+
+def _save_validated_checkpoints(trainer: pl.Trainer, saved_before: dict[int, int]) -> None:
+    """Make every ``ModelCheckpoint`` hold the validated state of this step.
+
+    A checkpoint callback that saves at the end of training epochs (Lightning's choice when validation
+    runs every epoch, as for MFRNet) either already wrote this step *before* the validation, without
+    thresholds, or, after an interrupt, never wrote it. Both get the validated state now, at the same
+    file names (an existing file of this step is overwritten, nothing of an earlier step is touched).
+    Callbacks that saved during the validation are left alone. Saving goes through the callback's own
+    top-k and ``last`` logic (Lightning 2.6 private methods, the ones its ``on_validation_end`` calls), so
+    file names, ``monitor`` and ``save_last`` settings are the user's; the tests pin this behaviour.
+    """
+    step = trainer.global_step
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        saved_during_validation = callback._last_global_step_saved == step and saved_before[id(callback)] != step
+        if saved_during_validation or trainer.fast_dev_run:
+            continue
+        callback._last_global_step_saved = -1  # allow saving this step again
+        candidates = callback._monitor_candidates(trainer)
+        callback._save_topk_checkpoint(trainer, candidates)
+        callback._save_last_checkpoint(trainer, candidates)
 
 
 class ValidatesAtFitEnd:
