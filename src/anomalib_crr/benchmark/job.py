@@ -1,0 +1,345 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""One benchmark job, run in its own process: ``python -m anomalib_crr.benchmark.job <job_dir>/job.json``.
+
+A job builds its datamodule and model from the config entry, applies the model's offline substitutes, fits
+and tests with anomalib's ``Engine`` (the model's evaluator replaced by the seven-metric one, see
+:mod:`.metrics`), measures the cost (see :mod:`.cost`) and writes ``result.json`` next to ``job.json``
+(atomically, so a half-written file never counts as finished). Running in a separate process means a crash,
+an out-of-memory kill or a CUDA error ends this job only; any exception is written to ``result.json`` with
+``status: failed`` and the log path, and the process exits with code 1.
+
+Per-category metrics: a multi-class datamodule of :mod:`anomalib_crr.data` adds the project's
+``PerCategoryMetrics`` callback, which computes the evaluator's metrics on each category's test images;
+a single-category datamodule's pooled test metrics are that category's.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+RESULT = "result.json"
+PREDICTIONS = "predictions.pt"
+logger = logging.getLogger("anomalib_crr.benchmark.job")
+
+
+def instantiate(value: Any) -> Any:
+    """Recursively build ``{"class_path": ..., "init_args": {...}}`` specs (as in anomalib's YAML)."""
+    if isinstance(value, list):
+        return [instantiate(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "class_path" not in value:
+        return {k: instantiate(v) for k, v in value.items()}
+    module_name, _, attr = str(value["class_path"]).rpartition(".")
+    cls = getattr(importlib.import_module(module_name), attr)
+    return cls(**{k: instantiate(v) for k, v in (value.get("init_args") or {}).items()})
+
+
+def _resolve(path: str, modules: tuple[str, ...]) -> type:
+    if "." in path:
+        module_name, _, attr = path.rpartition(".")
+        return getattr(importlib.import_module(module_name), attr)
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        if hasattr(module, path):
+            return getattr(module, path)
+    msg = f"unknown class {path}"
+    raise ValueError(msg)
+
+
+def build_datamodule(job: dict[str, Any]) -> Any:
+    """The job's datamodule: the entry's init args, the model's overrides, and its category or categories."""
+    dataset, model = job["dataset"], job["model"]
+    cls = _resolve(dataset["class_path"], ("anomalib.data", "anomalib_crr.data"))
+    kwargs = {**instantiate(dataset["init_args"]), **model["datamodule"]}
+    params = inspect.signature(cls.__init__).parameters
+    if "categories" in params:
+        kwargs["categories"] = list(job["categories"])
+    elif "category" in params:
+        kwargs["category"] = job["categories"][0]
+    return cls(**kwargs)
+
+
+def build_model(job: dict[str, Any]) -> Any:
+    """The job's model with the seven-metric evaluator and no visualiser (images are not part of the benchmark)."""
+    from .metrics import build_evaluator
+
+    spec = job["model"]
+    cls = _resolve(spec["class_path"], ("anomalib.models", "anomalib_crr"))
+    kwargs = instantiate(spec["init_args"])
+    if spec.get("image_size"):
+        kwargs["pre_processor"] = cls.configure_pre_processor(image_size=tuple(spec["image_size"]))
+    return cls(**kwargs, evaluator=build_evaluator(), visualizer=False)
+
+
+class PredictionRecorder:
+    """Keeps the post-processed test outputs (score, label, map, mask, path) for checks outside the job.
+
+    Batches are read at epoch end: the model's post-processor updates each batch object in place after the
+    trainer's own callbacks ran, so by then every batch holds exactly what the evaluator saw.
+    """
+
+    def __init__(self) -> None:
+        from lightning.pytorch import Callback
+
+        recorder = self
+
+        class _Callback(Callback):
+            def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any) -> None:
+                del trainer, pl_module, outputs, args
+                recorder.batches.append(batch)
+
+        self.batches: list[Any] = []
+        self.callback = _Callback()
+
+    def save(self, path: Path) -> None:
+        """Write the recorded fields, concatenated over batches, with ``torch.save``."""
+        import torch
+
+        out: dict[str, Any] = {"image_path": [p for b in self.batches for p in b.image_path]}
+        for name in ("pred_score", "gt_label", "anomaly_map", "gt_mask"):
+            values = [getattr(b, name) for b in self.batches]
+            if all(v is not None for v in values):
+                out[name] = torch.cat([v.detach().cpu() for v in values])
+        torch.save(out, path)
+
+
+def _time_metric_compute() -> dict[str, float]:
+    """Accumulate the wall time of every metric ``compute`` (AUPRO separately), to show what dominates."""
+    from anomalib.metrics import AUPRO, AUROC
+
+    from .metrics import AP, F1Max
+
+    totals = {"metrics_compute_s": 0.0, "aupro_compute_s": 0.0}
+    for cls in (AUROC, AP, F1Max, AUPRO):
+        original = cls.compute
+
+        @functools.wraps(original)
+        def timed(self: Any, _original: Any = original, _cls: type = cls) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(self)
+            finally:
+                elapsed = time.perf_counter() - start
+                totals["metrics_compute_s"] += elapsed
+                if _cls is AUPRO:
+                    totals["aupro_compute_s"] += elapsed
+
+        cls.compute = timed
+    return totals
+
+
+def _real_optimizers(trainer: Any) -> list[Any]:
+    """The trainer's optimizers without Lightning's placeholder for models that return none."""
+    return [o for o in getattr(trainer, "optimizers", []) or [] if type(o).__name__ != "_MockOptimizer"]
+
+
+def _trainable_parameters(trainer: Any) -> int:
+    """Parameters the optimizers update (0 for memory-bank models such as PaDiM and PatchCore)."""
+    seen: set[int] = set()
+    count = 0
+    for optimizer in _real_optimizers(trainer):
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    count += param.numel()
+    return count
+
+
+def _category_rows(job: dict[str, Any], engine: Any, metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per-category metric rows: the PerCategoryMetrics callback's, or the pooled ones for one category."""
+    from anomalib_crr.data import PerCategoryMetrics
+
+    from .metrics import METRICS, with_mad
+
+    callbacks = [cb for cb in engine.trainer.callbacks if isinstance(cb, PerCategoryMetrics)]
+    if callbacks and callbacks[0].results:
+        results = callbacks[0].results
+        return {c: with_mad(results[c]) for c in job["categories"]}
+    if len(job["categories"]) != 1:
+        msg = "a multi-category job needs a datamodule with per-category metrics (anomalib_crr.data.MultiClass*)"
+        raise RuntimeError(msg)
+    return {job["categories"][0]: with_mad({name: metrics.get(name, math.nan) for name in METRICS})}
+
+
+def run_job(job_file: Path) -> dict[str, Any]:
+    """Run the job described by ``job_file``; returns the result written to ``result.json``."""
+    import torch
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from . import cost
+    from .offline import apply_offline_patches, weights_provenance
+
+    job = json.loads(job_file.read_text())
+    job_dir = job_file.parent
+    spec = job["model"]
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    notes = apply_offline_patches(spec["offline"])
+    compute_times = _time_metric_compute()
+    seed_everything(job["seed"], workers=True)
+    rss_baseline = cost.current_rss_mb()
+    datamodule = build_datamodule(job)
+    model = build_model(job)
+    recorder = PredictionRecorder() if job.get("save_predictions") else None
+    trainer_args = {
+        "accelerator": job["accelerator"],
+        "devices": 1,
+        "precision": job["precision"],
+        "logger": False,
+        "enable_progress_bar": False,
+        **spec["trainer"],
+    }
+    engine_root = job_dir / "engine"
+    engine = Engine(
+        default_root_dir=engine_root,
+        callbacks=[recorder.callback] if recorder else None,
+        **trainer_args,
+    )
+
+    device = (
+        torch.device("cuda") if torch.cuda.is_available() and job["accelerator"] in {"gpu", "cuda", "auto"} else None
+    )
+    cost.reset_peak_memory(device or torch.device("cpu"))
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    device = engine.trainer.strategy.root_device
+    peak_train = cost.peak_memory_mb(device)
+    steps = int(engine.trainer.global_step)
+    epochs = int(engine.trainer.current_epoch)
+    trainable = _trainable_parameters(engine.trainer)
+    if not _real_optimizers(engine.trainer):  # Lightning counts batches as steps even without an optimizer
+        steps = 0
+
+    cost.reset_peak_memory(device)
+    start = time.perf_counter()
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    test_s = time.perf_counter() - start
+    rows = _category_rows(job, engine, metrics)
+    if recorder is not None:
+        recorder.save(job_dir / PREDICTIONS)
+
+    model.eval().to(device)
+    images = next(iter(datamodule.test_dataloader())).image.to(device)
+    batch_size = int(getattr(datamodule, "eval_batch_size", images.shape[0]))
+    repeats = math.ceil(batch_size / images.shape[0])
+    eval_batch = images.repeat(repeats, 1, 1, 1)[:batch_size]
+    single = images[:1]
+    forward_context = engine.trainer.precision_plugin.forward_context
+    with forward_context():
+        pre = model.pre_processor.transform(single) if getattr(model, "pre_processor", None) else single
+        try:
+            macs = cost.macs_per_image(model.model, pre)
+        except Exception as exc:
+            macs = math.nan
+            notes.append(f"MACs not counted: {type(exc).__name__}: {exc}")
+        runs, warmup = job["timing"]["runs"], job["timing"]["warmup"]
+        latency = cost.median_seconds(lambda: model(single), runs, warmup, device)
+        batch_time = cost.median_seconds(lambda: model(eval_batch), runs, warmup, device)
+    peak_infer = cost.peak_memory_mb(device)
+    total, _ = cost.parameter_counts(model)
+
+    result = {
+        "status": "ok",
+        "job_id": job["job_id"],
+        "model": spec["name"],
+        "dataset": job["dataset"]["name"],
+        "mode": job["mode"],
+        "seed": job["seed"],
+        "categories": rows,
+        "cost": {
+            "params_M": total / 1e6,
+            "trainable_params_M": trainable / 1e6,
+            "macs_G": macs / 1e9,
+            "fit_s": fit_s,
+            "optimizer_steps": steps,
+            "epochs": epochs,
+            "test_s": test_s,
+            "metrics_compute_s": compute_times["metrics_compute_s"],
+            "aupro_compute_s": compute_times["aupro_compute_s"],
+            "latency_ms": latency * 1000,
+            "throughput_img_s": batch_size / batch_time,
+            "eval_batch_size": batch_size,
+            "peak_mem_train_mb": peak_train,
+            "peak_mem_infer_mb": peak_infer,
+            "rss_baseline_mb": rss_baseline,
+        },
+        "settings": {
+            "class_path": spec["class_path"],
+            "init_args": spec["init_args"],
+            "trainer": spec["trainer"],
+            "image_size": spec.get("image_size"),
+            "input_size": list(pre.shape[-2:]),
+            "raw_image_size": list(images.shape[-2:]),
+            "datamodule_overrides": spec["datamodule"],
+            "weights": weights_provenance(
+                spec["init_args"],
+                spec["offline"],
+                spec.get("weights"),
+                set(inspect.signature(type(model).__init__).parameters),
+            ),
+            "memory_kind": cost.memory_kind(device),
+            "macs_counter": "torch.utils.flop_counter.FlopCounterMode (MAC = FLOP / 2)",
+            **cost.environment(device, str(engine.trainer.precision)),
+        },
+        "notes": [*notes, *spec.get("notes", []), *job["dataset"].get("notes", [])],
+        "log": str(job_dir / "log.txt"),
+        "spec_hash": job["spec_hash"],
+    }
+    shutil.rmtree(engine_root, ignore_errors=True)  # checkpoints are not part of the benchmark
+    return result
+
+
+def write_result(job_dir: Path, result: dict[str, Any]) -> None:
+    """Write ``result.json`` atomically (a crash mid-write never leaves a 'finished' job)."""
+    tmp = job_dir / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str))
+    tmp.replace(job_dir / RESULT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Process entry point: run the job and write its result (``failed`` with the error on any exception)."""
+    args = sys.argv[1:] if argv is None else argv
+    job_file = Path(args[0])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    job = json.loads(job_file.read_text())
+    try:
+        result = run_job(job_file)
+    except BaseException as exc:
+        traceback.print_exc()
+        message = str(exc).strip().splitlines()
+        result = {
+            "status": "failed",
+            "job_id": job["job_id"],
+            "model": job["model"]["name"],
+            "dataset": job["dataset"]["name"],
+            "mode": job["mode"],
+            "seed": job["seed"],
+            "error": f"{type(exc).__name__}: {message[0] if message else ''}"[:500],
+            "log": str(job_file.parent / "log.txt"),
+            "spec_hash": job["spec_hash"],
+        }
+        write_result(job_file.parent, result)
+        return 1
+    write_result(job_file.parent, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

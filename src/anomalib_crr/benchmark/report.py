@@ -1,0 +1,300 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""Tables from job results: ``results.csv``, ``results.json`` and ``report.md`` (plots: :mod:`.plots`).
+
+Rows are one per job and category, plus one ``mean`` row per (model, dataset, mode, seed): the mean over
+categories of each metric (the multi-class convention; mAD of the mean row is the mean of the seven means).
+For per-category jobs each category has its own cost; the mean row's cost columns are the mean over those
+jobs. The report's summary table also averages over seeds. Numbers are written from the result files only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import BenchmarkConfig, JobSpec
+from .metrics import MAD, METRICS, mean_rows
+
+COST_COLUMNS = (
+    "params_M",
+    "trainable_params_M",
+    "macs_G",
+    "fit_s",
+    "optimizer_steps",
+    "test_s",
+    "aupro_compute_s",
+    "latency_ms",
+    "throughput_img_s",
+    "peak_mem_train_mb",
+    "peak_mem_infer_mb",
+)
+SETTING_COLUMNS = ("weights", "device", "precision", "threads", "torch", "anomalib", "input_size")
+KEY_COLUMNS = ("model", "dataset", "mode", "seed", "category")
+MEAN = "mean"
+
+
+def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per finished job and category, then one mean row per (model, dataset, mode, seed)."""
+    rows: list[dict[str, Any]] = []
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        if result.get("status") != "ok":
+            continue
+        settings = result["settings"]
+        for category, metrics in result["categories"].items():
+            row = {
+                "model": result["model"],
+                "dataset": result["dataset"],
+                "mode": result["mode"],
+                "seed": result["seed"],
+                "category": category,
+                **{name: metrics[name] for name in (*METRICS, MAD)},
+                **{name: result["cost"][name] for name in COST_COLUMNS},
+                **{name: settings.get(name) for name in SETTING_COLUMNS},
+                "job_id": result["job_id"],
+            }
+            row["input_size"] = "x".join(str(s) for s in settings.get("input_size") or [])
+            rows.append(row)
+            groups[(result["model"], result["dataset"], result["mode"], result["seed"])].append(row)
+    for (model, dataset, mode, seed), members in groups.items():
+        mean = mean_rows(members)
+        costs = {name: _mean([m[name] for m in members]) for name in COST_COLUMNS}
+        first = members[0]
+        rows.append(
+            {
+                "model": model,
+                "dataset": dataset,
+                "mode": mode,
+                "seed": seed,
+                "category": MEAN,
+                **mean,
+                **costs,
+                **{name: first[name] for name in SETTING_COLUMNS},
+                "job_id": ";".join(dict.fromkeys(m["job_id"] for m in members)),
+            }
+        )
+    return rows
+
+
+def _mean(values: Sequence[Any]) -> float:
+    numbers = [float(v) for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers else math.nan
+
+
+def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean rows averaged over seeds, one per (model, dataset, mode), sorted by mAD (best first)."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["category"] == MEAN:
+            groups[(row["model"], row["dataset"], row["mode"])].append(row)
+    out = []
+    for (model, dataset, mode), members in groups.items():
+        entry = {"model": model, "dataset": dataset, "mode": mode, "seeds": len(members)}
+        for name in (*METRICS, MAD, *COST_COLUMNS):
+            entry[name] = _mean([m[name] for m in members])
+        entry.update({name: members[0][name] for name in SETTING_COLUMNS})
+        out.append(entry)
+    return sorted(out, key=lambda r: (-_sortable(r[MAD]), r["model"]))
+
+
+def _sortable(value: float) -> float:
+    return -1.0 if value is None or math.isnan(value) else value
+
+
+def _fmt(value: Any, digits: int = 3) -> str:  # noqa: PLR0911
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 100:
+            return f"{value:.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in body]
+    return lines
+
+
+SUMMARY_HEADER = {
+    "image_AUROC": "I-AUROC",
+    "image_AP": "I-AP",
+    "image_F1Max": "I-F1max",
+    "pixel_AUROC": "P-AUROC",
+    "pixel_AP": "P-AP",
+    "pixel_F1Max": "P-F1max",
+    "pixel_AUPRO": "P-AUPRO",
+    MAD: "mAD",
+    "params_M": "params M",
+    "trainable_params_M": "trainable M",
+    "macs_G": "GMACs/img",
+    "latency_ms": "latency ms (b=1)",
+    "throughput_img_s": "img/s (eval batch)",
+    "peak_mem_train_mb": "peak mem train MiB",
+    "peak_mem_infer_mb": "peak mem infer MiB",
+    "fit_s": "fit s",
+    "optimizer_steps": "steps",
+}
+
+
+def _int_if(key: str, value: Any) -> Any:
+    """Step counts print as integers."""
+    if key == "optimizer_steps" and isinstance(value, float) and not math.isnan(value):
+        return round(value)
+    return value
+
+
+def summary_table(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """The mean-over-categories table (markdown lines), sorted by mAD."""
+    keys = list(SUMMARY_HEADER)
+    header = ["model", "dataset", "mode", *(SUMMARY_HEADER[k] for k in keys), "weights"]
+    body = [[r["model"], r["dataset"], r["mode"], *(_int_if(k, r[k]) for k in keys), r["weights"]] for r in summary]
+    return _table(header, body)
+
+
+def per_category_tables(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One table per dataset and metric: (model, mode) rows × category columns, seeds averaged."""
+    lines: list[str] = []
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    for dataset in datasets:
+        subset = [r for r in rows if r["dataset"] == dataset]
+        categories = [c for c in dict.fromkeys(r["category"] for r in subset) if c != MEAN] + [MEAN]
+        settings = list(dict.fromkeys((r["model"], r["mode"]) for r in subset))
+        for metric in (*METRICS, MAD):
+            lines += ["", f"#### {dataset}: {metric}", ""]
+            body = []
+            for model, mode in settings:
+                values = []
+                for category in categories:
+                    cell = [
+                        r[metric]
+                        for r in subset
+                        if r["model"] == model and r["mode"] == mode and r["category"] == category
+                    ]
+                    values.append(_mean(cell) if cell else None)
+                body.append([model, mode, *values])
+            lines += _table(["model", "mode", *categories], body)
+    return lines
+
+
+def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Sequence[dict[str, Any]]) -> list[str]:
+    """Write results.csv/.json, report.md and the plots into the run folder; returns the markdown lines."""
+    import pandas as pd
+
+    from .plots import write_plots
+
+    out = config.output
+    rows = result_rows(results)
+    columns = [*KEY_COLUMNS, *METRICS, MAD, *COST_COLUMNS, *SETTING_COLUMNS, "job_id"]
+    pd.DataFrame(rows, columns=columns).to_csv(out / "results.csv", index=False)
+    failed = [r for r in results if r.get("status") != "ok"]
+    skipped = [{"model": m.name, "reason": m.skip} for m in config.models if m.skip]
+    missing = sorted({j.job_id for j in jobs} - {r["job_id"] for r in results})
+    payload = {
+        "config": config.name,
+        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "rows": rows,
+        "jobs": list(results),
+        "failed": failed,
+        "skipped_models": skipped,
+        "not_run": missing,
+        "runs": _runs(out),
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    plots = write_plots(rows, out)
+    lines = report_lines(config, rows, results, skipped, missing, plots)
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def _runs(out: Path) -> list[dict[str, Any]]:
+    path = out / "runs.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def report_lines(
+    config: BenchmarkConfig,
+    rows: Sequence[dict[str, Any]],
+    results: Sequence[dict[str, Any]],
+    skipped: Sequence[dict[str, Any]],
+    missing: Sequence[str],
+    plots: Sequence[Path],
+) -> list[str]:
+    """The markdown report."""
+    ok = [r for r in results if r.get("status") == "ok"]
+    lines = [f"# Benchmark `{config.name}`", ""]
+    if config.description:
+        lines += [config.description.strip(), ""]
+    envs = {
+        (r["settings"]["device"], r["settings"]["threads"], r["settings"]["torch"], r["settings"]["anomalib"])
+        for r in ok
+    }
+    for device, threads, torch_v, anomalib_v in sorted(envs, key=str):
+        lines.append(f"- Device: {device}; {threads} torch threads; torch {torch_v}, anomalib {anomalib_v}")
+    for run in _runs(config.output):
+        lines.append(
+            f"- Run started {run['started']}: wall {run['wall_s']} s ({run['ran']} ran, {run['skipped']} skipped, "
+            f"{run['failed']} failed{', only ' + repr(run['only']) if run.get('only') else ''}"
+            f"{', rerun' if run.get('rerun') else ''})"
+        )
+    lines += [
+        f"- Jobs with results: {len(ok)} ok, {len(results) - len(ok)} failed; not run yet: {len(missing)}",
+        "- Metrics: anomalib `AUROC`, `F1Max`, `AUPRO` (FPR <= 0.3) and torchmetrics' exact average precision "
+        "wrapped as an anomalib metric; mAD = mean of the seven; means are over categories.",
+        "- Cost: MACs from `torch.utils.flop_counter.FlopCounterMode` (matmul/conv/attention, MAC = FLOP/2) on one "
+        "pre-processed image; latency = median `AnomalibModule.forward` (pre-processing, model, post-processing) "
+        "at batch 1, throughput at the eval batch size; peak memory = process peak RSS on CPU (includes "
+        "interpreter + libraries), `torch.cuda.max_memory_allocated` on GPU; trainable = parameters in the "
+        "optimizers.",
+        "",
+        "## Mean over categories (sorted by mAD)",
+        "",
+    ]
+    summary = summary_rows(rows)
+    lines += summary_table(summary) if summary else ["(no finished job yet)"]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["", "## Per category", ""]
+    lines += per_category_tables(rows)
+    lines += ["", "## Failed jobs", ""]
+    failed = [r for r in results if r.get("status") != "ok"]
+    lines += (
+        _table(["job", "error", "log"], [[r["job_id"], r["error"].replace("|", "/"), r["log"]] for r in failed])
+        if failed
+        else ["none"]
+    )
+    lines += ["", "## Skipped models", ""]
+    lines += _table(["model", "reason"], [[s["model"], s["reason"]] for s in skipped]) if skipped else ["none"]
+    if missing:
+        lines += ["", "## Not run yet", "", *(f"- {m}" for m in missing)]
+    lines += ["", "## Settings of every job", ""]
+    for result in ok:
+        settings, cost = result["settings"], result["cost"]
+        lines += [
+            f"### {result['job_id']}",
+            "",
+            f"- class: `{settings['class_path']}`; init args: `{json.dumps(settings['init_args'], default=str)}`",
+            f"- trainer: `{json.dumps(settings['trainer'])}`; optimizer steps {result['cost']['optimizer_steps']}, "
+            f"epochs {cost['epochs']}; datamodule overrides: `{json.dumps(settings['datamodule_overrides'])}`",
+            f"- input {settings['input_size']} (stored images {settings['raw_image_size']}); weights: "
+            f"{settings['weights']}; {settings['device']}, {settings['precision']}, {settings['threads']} threads",
+            f"- eval batch {result['cost']['eval_batch_size']}; test {result['cost']['test_s']:.1f} s, of which "
+            f"metric compute {cost['metrics_compute_s']:.1f} s (AUPRO {cost['aupro_compute_s']:.1f} s)",
+        ]
+        lines += [f"- note: {note}" for note in result.get("notes", [])]
+        lines.append("")
+    return lines

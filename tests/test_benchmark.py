@@ -1,0 +1,246 @@
+"""``anomalib-crr benchmark``: smoke config end to end, failures, resumption, per-category metrics, bad configs.
+
+The smoke config runs once per module (about 2 minutes on 2 CPU cores); the other tests read its run folder.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from anomalib_crr.benchmark import ConfigError, run
+from anomalib_crr.benchmark.metrics import MAD, METRICS, build_metrics
+from anomalib_crr.benchmark.report import COST_COLUMNS
+from anomalib_crr.cli import run_benchmark_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "benchmark" / "smoke.yaml"
+SMOKE_MODELS = {"CRR", "MFRNet", "Patchcore", "Padim", "ReverseDistillation"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the shipped smoke config through the CLI entry point (in-process) into a fresh folder."""
+    output = tmp_path_factory.mktemp("smoke") / "run"
+    start = time.perf_counter()
+    code = run_benchmark_cli(["--config", str(SMOKE), "--output", str(output)])
+    return {"output": output, "code": code, "wall_s": time.perf_counter() - start}
+
+
+def _csv(output: Path) -> pd.DataFrame:
+    return pd.read_csv(output / "results.csv")
+
+
+def test_smoke_config_end_to_end(smoke_run: dict) -> None:
+    assert smoke_run["code"] == 0
+    output = smoke_run["output"]
+    frame = _csv(output)
+    assert set(frame["model"]) == SMOKE_MODELS
+    for model in SMOKE_MODELS:
+        rows = frame[frame["model"] == model]
+        assert sorted(rows["category"]) == ["mean", "washer", "weave"], model
+    for column in (*METRICS, MAD, *COST_COLUMNS):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        assert values.notna().all(), f"{column} has missing values: {frame[['model', column]]}"
+        assert all(math.isfinite(v) for v in values), column
+    for column in METRICS:
+        assert frame[column].between(0, 1).all(), column
+    assert (frame["latency_ms"] > 0).all()
+    assert (frame["throughput_img_s"] > 0).all()
+    assert (frame["params_M"] > 0).all()
+    assert (frame["macs_G"] > 0).all()
+    assert (frame["peak_mem_infer_mb"] > 100).all()  # RSS of a process with torch loaded
+    memory_bank = frame[frame["model"].isin(["Padim", "Patchcore"])]
+    assert (memory_bank["optimizer_steps"] == 0).all()
+    assert (memory_bank["trainable_params_M"] == 0).all()
+    trained = frame[frame["model"].isin(["CRR", "ReverseDistillation"])]
+    assert (trained["optimizer_steps"] > 0).all()
+    assert (trained["trainable_params_M"] > 0).all()
+    assert (frame[frame["model"] == "CRR"]["optimizer_steps"] == 6).all()
+    assert frame["weights"].str.contains("random").all()
+
+    report = (output / "report.md").read_text()
+    assert "## Mean over categories (sorted by mAD)" in report
+    assert "#### synthetic: image_AUROC" in report
+    assert "#### synthetic: pixel_AUPRO" in report
+    assert "## Settings of every job" in report
+    assert "## Failed jobs\n\nnone" in report
+    summary = report.split("## Mean over categories (sorted by mAD)")[1].split("##")[0]
+    mads = [float(line.split("|")[11]) for line in summary.splitlines() if line.startswith("| ") and "mAD" not in line]
+    assert len(mads) == 5
+    assert mads == sorted(mads, reverse=True)
+    for name in ("accuracy_vs_latency.png", "image_auroc_per_category.png"):
+        data = (output / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 10_000, name
+    results = yaml.safe_load((output / "results.json").read_text())
+    assert len(results["jobs"]) == 5
+    assert not results["failed"]
+
+
+def _category_of(path: str) -> str:
+    parts = Path(path).parts
+    return parts[parts.index("test") - 1]
+
+
+def test_per_category_rows_equal_metrics_on_that_category_alone(smoke_run: dict) -> None:
+    """Recompute the seven metrics from each job's saved predictions, one category at a time."""
+    output = smoke_run["output"]
+    frame = _csv(output)
+    for job_dir in sorted((output / "jobs").iterdir()):
+        predictions = torch.load(job_dir / "predictions.pt", weights_only=False)
+        categories = [_category_of(p) for p in predictions["image_path"]]
+        model = job_dir.name.split("__")[0]
+        for category in ("weave", "washer"):
+            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+            batch = SimpleNamespace(
+                **{k: predictions[k][index] for k in ("pred_score", "gt_label", "anomaly_map", "gt_mask")}
+            )
+            row = frame[(frame["model"] == model) & (frame["category"] == category)].iloc[0]
+            for metric in build_metrics():
+                metric.update(batch)
+                expected = float(metric.compute())
+                assert row[metric.name] == pytest.approx(expected, abs=1e-5), (model, category, metric.name)
+    for _, row in frame.iterrows():
+        assert row[MAD] == pytest.approx(sum(row[m] for m in METRICS) / 7, abs=1e-9)
+    for model in SMOKE_MODELS:
+        rows = frame[frame["model"] == model].set_index("category")
+        for metric in (*METRICS, MAD):
+            mean = (rows.loc["weave", metric] + rows.loc["washer", metric]) / 2
+            assert rows.loc["mean", metric] == pytest.approx(mean, abs=1e-9)
+
+
+def test_second_run_skips_finished_jobs_and_rerun_redoes_them(smoke_run: dict) -> None:
+    output = smoke_run["output"]
+    results = {d.name: d / "result.json" for d in (output / "jobs").iterdir()}
+    before = {name: path.stat().st_mtime_ns for name, path in results.items()}
+    lines: list[str] = []
+    summary = run(SMOKE, output=output, echo=lines.append)
+    assert sorted(summary.skipped) == sorted(results)
+    assert not summary.ran
+    assert {name: path.stat().st_mtime_ns for name, path in results.items()} == before
+    assert sum("skipped (finished" in line for line in lines) == 5
+    assert summary.wall_s < smoke_run["wall_s"] / 2
+
+    summary = run(SMOKE, output=output, only="Padim", rerun=True, echo=lines.append)
+    padim = next(name for name in results if name.startswith("Padim__"))
+    assert summary.ran == [padim]
+    assert not summary.failed
+    after = {name: path.stat().st_mtime_ns for name, path in results.items()}
+    assert after[padim] != before[padim]
+    assert all(after[name] == before[name] for name in results if name != padim)
+    assert any(line.startswith("[1/1] Padim__") and "started" in line for line in lines)
+    assert len(_csv(output)) == 15  # the report still covers every job of the config
+
+
+def _small_config(root: Path, models: list[dict]) -> dict:
+    return {
+        "name": "small",
+        "accelerator": "cpu",
+        "threads": 2,
+        "datasets": [
+            {
+                "name": "tiny",
+                "class_path": "MVTecAD",
+                "init_args": {"root": str(root), "num_workers": 0, "train_batch_size": 4, "eval_batch_size": 4},
+                "categories": ["washer"],
+                "mode": "per_category",
+            }
+        ],
+        "models": models,
+    }
+
+
+PADIM = {
+    "name": "Padim",
+    "class_path": "Padim",
+    "trainer": {"max_epochs": 1},
+    "image_size": [64, 64],
+    "init_args": {"backbone": "resnet18", "layers": ["layer1", "layer2"], "pre_trained": False},
+}
+
+
+def test_failing_job_is_reported_and_others_finish(tiny_dataset: Path, tmp_path: Path) -> None:
+    broken = {**PADIM, "name": "PadimBroken", "init_args": {**PADIM["init_args"], "backbone": "no_such_backbone"}}
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump(_small_config(tiny_dataset, [broken, PADIM])))
+    output = tmp_path / "run"
+    assert run_benchmark_cli(["--config", str(config), "--output", str(output)]) == 1
+    frame = _csv(output)
+    assert set(frame["model"]) == {"Padim"}
+    assert sorted(frame["category"]) == ["mean", "washer"]
+    report = (output / "report.md").read_text()
+    failed = report.split("## Failed jobs")[1].split("##")[0]
+    assert "PadimBroken__tiny__per_category__washer__seed0" in failed
+    assert "no_such_backbone" in failed
+    assert str(output / "jobs" / "PadimBroken__tiny__per_category__washer__seed0" / "log.txt") in failed
+
+
+def _write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda c: c["models"][0].update(class_path="NoSuchModel"), "unknown class_path 'NoSuchModel'"),
+        (lambda c: c["models"][0].update(class_path="anomalib.data.MVTecAD"), "is not an AnomalibModule subclass"),
+        (lambda c: c["datasets"][0].update(class_path="NoSuchDataModule"), "unknown class_path 'NoSuchDataModule'"),
+        (lambda c: c["datasets"][0]["init_args"].update(root="/no/such/root"), "data root not found: /no/such/root"),
+        (lambda c: c["models"][0].update(learning_rate=0.1), "unknown key ['learning_rate']"),
+        (lambda c: c.update(epochs=3), "unknown key ['epochs']"),
+        (lambda c: c["models"][0]["init_args"].update(bogus=1), "Padim has no argument ['bogus']"),
+        (lambda c: c["models"][0].update(trainer={}), "set trainer.max_epochs or trainer.max_steps"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_job(tiny_dataset: Path, tmp_path: Path, change, expected: str) -> None:
+    config = _small_config(tiny_dataset, [dict(PADIM, init_args=dict(PADIM["init_args"]))])
+    change(config)
+    path = _write(tmp_path, config)
+    with pytest.raises(ConfigError) as info:
+        run(path, output=tmp_path / "run", echo=lambda _: None)
+    assert expected in str(info.value)
+    assert str(path) in str(info.value) or "data root" in str(info.value)
+    assert not (tmp_path / "run" / "jobs").exists()
+
+
+def test_bad_config_cli_exit_code(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _small_config(tiny_dataset, [dict(PADIM, class_path="anomalib.models.NoSuchModel")])
+    assert run_benchmark_cli(["--config", str(_write(tmp_path, config)), "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "anomalib-crr benchmark: error:" in err
+    assert "has no class 'NoSuchModel'" in err
+    assert "Traceback" not in err
+
+
+def test_shipped_configs_validate() -> None:
+    """Every shipped config parses, names importable classes with valid init args, and all nine models run somewhere."""
+    from anomalib_crr.benchmark.config import expand_jobs, load_config, validate_classes
+
+    models: set[str] = set()
+    for name, expected_jobs in (("smoke", 5), ("real_cpu", 15), ("mvtec_gpu", 9 * 16), ("visa_gpu", 9 * 13)):
+        config = load_config(ROOT / "configs" / "benchmark" / f"{name}.yaml", output="/nonexistent/run")
+        validate_classes(config)
+        jobs = expand_jobs(config)
+        assert len(jobs) == expected_jobs, name
+        models |= {job.model.name for job in jobs}
+    nine = {"CRR", "MFRNet", "Patchcore", "Padim", "ReverseDistillation", "Dinomaly", "EfficientAd", "Draem"}
+    assert models >= {*nine, "Supersimplenet"}
+    real = load_config(ROOT / "configs" / "benchmark" / "real_cpu.yaml", output="/nonexistent/run")
+    by_name = {m.name: m for m in real.models}
+    for name in ("MFRNet", "Patchcore", "Padim", "Supersimplenet"):
+        weights = by_name[name].offline.get("backbone_weights") or by_name[name].init_args.get("weights_path")
+        assert str(weights).endswith("tf_efficientnet_lite0.in1k.safetensors"), name
+    assert by_name["CRR"].init_args["encoder_name"] == by_name["Dinomaly"].init_args["encoder_name"]
+    assert by_name["CRR"].init_args["encoder_weights"] is None
+    assert by_name["Dinomaly"].offline == {"random_init": True}
