@@ -13,6 +13,6 @@ from anomalib_crr.registration import register_with_anomalib
 
 register_with_anomalib(CRR, MFRNet)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["CRR", "MFRNet", "__version__"]
