@@ -3,10 +3,11 @@
 
 """PyTorch model of CRR (Collaborative Reconstruction and Repair).
 
-Data flow for an image batch ``x`` in [0, 1] (B, 3, H, W), H and W multiples of the patch size 14:
+Data flow for an image batch ``x`` in [0, 1] (B, 3, H, W), H and W multiples of the encoder's patch size
+(14 for DINOv2, 16 for DINOv3):
 
 1. ImageNet normalisation (inside the model, because anomaly synthesis needs [0, 1] images).
-2. Frozen DINOv2-R encoder → tokens of the target blocks ``f_l`` (B, N, C), N = 1 + registers + patches.
+2. Frozen DINOv2-R or DINOv3 encoder → tokens of the target blocks ``f_l`` (B, N, C), N = 1 + registers + patches.
 3. Fusion ``f̄ = mean_l f_l`` → masked noisy bottleneck → linear-attention decoder blocks ``g_1..g_L``.
 4. Groups ``E_g = mean(f_l, l ∈ group)``, ``D_g = mean(g_l, l ∈ group)`` (decoder outputs reversed), patch tokens
    reshaped to (B, C, h, w).
@@ -16,6 +17,7 @@ Data flow for an image batch ``x`` in [0, 1] (B, 3, H, W), H and W multiples of 
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from pathlib import Path
 
@@ -40,6 +42,25 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_GROUPS = [[0, 1, 2, 3], [4, 5, 6, 7]]
 L2_EPS = 1e-12
+INFERENCE_DTYPES = {
+    "float32": None,
+    "fp32": None,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_inference_dtype(inference_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """Map ``None``/``"float32"`` to ``None`` (full precision), ``"bfloat16"``/``"float16"`` (bf16/fp16) to dtypes."""
+    if inference_dtype is None or isinstance(inference_dtype, torch.dtype):
+        return None if inference_dtype == torch.float32 else inference_dtype
+    key = str(inference_dtype).lower().removeprefix("torch.")
+    if key not in INFERENCE_DTYPES:
+        msg = f"inference_dtype must be None or one of {sorted(INFERENCE_DTYPES)}, got {inference_dtype!r}"
+        raise ValueError(msg)
+    return INFERENCE_DTYPES[key]
 
 
 def _sync_after_load(module: CrrModel, incompatible_keys: object) -> None:
@@ -60,9 +81,11 @@ class CrrModel(nn.Module):
     """CRR network: frozen encoder, masked noisy bottleneck, linear-attention decoder and segmentation head.
 
     Args:
-        encoder_name: timm DINOv2-R ViT name (``vit_small|base|large_patch14_reg4_dinov2``).
+        encoder_name: timm DINOv2 ViT (``vit_small|base|large_patch14_reg4_dinov2``) or DINOv3 ViT
+            (``vit_small|base|large_patch16_dinov3``, ...) name.
         encoder_weights: ``"pretrained"`` (download), a local checkpoint path, or ``None`` (random init).
-        target_layers: Encoder blocks whose tokens are reconstructed. ``None``: 2..9 (S/B), 4..18 step 2 (L).
+        target_layers: Encoder blocks whose tokens are reconstructed. ``None``: 2..9 for 12-block encoders,
+            4..18 step 2 for 24 blocks (Dinomaly's choice, scaled to the depth).
         fuse_layer_encoder: Groups of target-layer positions averaged into ``E_g``.
         fuse_layer_decoder: Groups of (reversed) decoder-block positions averaged into ``D_g``.
         decoder_depth: Number of decoder blocks.
@@ -74,6 +97,10 @@ class CrrModel(nn.Module):
         seg_output_size: Side of the segmentation logits and of the map the score is taken on (256).
         fusion_alpha: Weight α of the reconstruction map in the fused map.
         max_ratio: Fraction of the highest map values averaged into the image score.
+        inference_dtype: ``None`` (float32) or ``"bfloat16"``/``"float16"``: eval forwards run the encoder,
+            decoder and segmentation head under autocast in that dtype; maps, fusion and score stay float32.
+            Opt-in: it changes the output slightly (see the README), and ONNX export always uses float32.
+        seg_channels_last: Run the segmentation head's eval path in channels-last memory format.
     """
 
     def __init__(
@@ -92,6 +119,8 @@ class CrrModel(nn.Module):
         seg_output_size: int = 256,
         fusion_alpha: float = 0.7,
         max_ratio: float = 0.01,
+        inference_dtype: str | torch.dtype | None = None,
+        seg_channels_last: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= fusion_alpha <= 1.0:
@@ -100,6 +129,7 @@ class CrrModel(nn.Module):
         if not 0.0 < max_ratio <= 1.0:
             msg = f"max_ratio must be in (0, 1], got {max_ratio}"
             raise ValueError(msg)
+        self.inference_dtype = resolve_inference_dtype(inference_dtype)
         arch = dino_architecture(encoder_name)
         embed_dim, num_heads = arch["embed_dim"], arch["num_heads"]
         self.target_layers = list(target_layers) if target_layers is not None else arch["target_layers"]
@@ -134,6 +164,7 @@ class CrrModel(nn.Module):
             base_width=seg_base_width,
             out_channels=2,
             output_size=seg_output_size,
+            channels_last=seg_channels_last,
         )
         self.gaussian_blur = GaussianBlur2d(sigma=4, channels=1, kernel_size=5)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -242,8 +273,16 @@ class CrrModel(nn.Module):
         return torch.cat(products, dim=1)
 
     def segment(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
-        """Segmentation logits (B, 2, S, S) from the grouped features."""
-        return self.seg_head(self.segmentation_input(encoder_maps, decoder_maps))
+        """Segmentation logits (B, 2, S, S) from the grouped features (float32 also under ``inference_dtype``)."""
+        seg_input = self.segmentation_input(encoder_maps, decoder_maps)
+        with self.inference_autocast(seg_input):
+            return self.seg_head(seg_input).float()
+
+    def inference_autocast(self, reference: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Autocast to ``inference_dtype`` in eval forwards; a no-op in training, in export and in float32."""
+        if self.training or self.inference_dtype is None or torch.compiler.is_exporting():
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=reference.device.type, dtype=self.inference_dtype)
 
     # ------------------------------------------------------------------ maps and scores
     def reconstruction_map(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
@@ -282,9 +321,13 @@ class CrrModel(nn.Module):
         Args:
             images: Images in [0, 1], (B, 3, H, W), H and W multiples of the patch size.
         """
-        encoder_maps, decoder_maps = self.extract_features(images)
         if self.training:
-            return encoder_maps, decoder_maps
+            return self.extract_features(images)
+        with self.inference_autocast(images):
+            encoder_maps, decoder_maps = self.extract_features(images)
+        # Maps, fusion and score in float32: 1 − cos of nearly equal bf16 vectors would lose most digits.
+        encoder_maps = [feature.float() for feature in encoder_maps]
+        decoder_maps = [feature.float() for feature in decoder_maps]
         smoothed = self.gaussian_blur(self.fused_map(encoder_maps, decoder_maps).float())
         pred_score = self.score(smoothed)
         anomaly_map = F.interpolate(smoothed, size=images.shape[-2:], mode="bilinear", align_corners=False)

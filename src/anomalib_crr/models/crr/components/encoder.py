@@ -1,58 +1,105 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""Frozen DINOv2-with-registers encoder for CRR, with explicit offline weight handling.
+"""Frozen DINOv2-R / DINOv3 encoder for CRR, with explicit offline weight handling.
 
 anomalib's Dinomaly always builds its encoder with ``pre_trained=True`` and therefore cannot run
 without internet access. CRR builds the same ``TimmFeatureExtractor`` but decides where the weights
 come from: timm's hub (``"pretrained"``), a local file, or nowhere (random init, for tests and
 offline smoke runs). Every failure names the file or the hub id and says how to run offline.
+
+Two encoder families are accepted: timm's DINOv2 ViTs (``vit_*_patch14[_reg4]_dinov2``, patch 14,
+``VisionTransformer``) and timm's DINOv3 ViTs (``vit_*_patch16_dinov3[_qkvb]``, patch 16, RoPE ``Eva``
+models with four registers). Embedding size, head count, depth, patch size and prefix tokens are read
+from the built model, never assumed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import sys
 from pathlib import Path
 
 import timm
+import torch
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
-from anomalib.models.image.dinomaly.torch_model import DINO_ARCHITECTURES
 
 from anomalib_crr.models.components import hub_id, offline_hub_if_unreachable
 
 logger = logging.getLogger(__name__)
 
 PRETRAINED = "pretrained"
+ENCODER_FAMILIES = ("dinov2", "dinov3")
+
+
+def supported_encoders() -> list[str]:
+    """Names of the timm encoders CRR accepts: DINOv2 ViTs (patch 14) and DINOv3 ViTs (patch 16), no ``_ls``."""
+    names = timm.list_models("vit_*_patch14*dinov2*") + timm.list_models("vit_*_patch16_dinov3*")
+    return sorted(name for name in names if "_ls" not in name)
+
+
+def encoder_family(encoder_name: str) -> str:
+    """``"dinov2"`` or ``"dinov3"`` for a supported timm name.
+
+    Raises:
+        ValueError: If the name is not a timm DINOv2/DINOv3 ViT.
+    """
+    family = next((family for family in ENCODER_FAMILIES if family in encoder_name), None)
+    if family is None or not timm.is_model(encoder_name) or encoder_name not in supported_encoders():
+        msg = (
+            f"Unknown encoder_name {encoder_name!r}: CRR needs a timm DINOv2 or DINOv3 ViT, "
+            f"one of {supported_encoders()}."
+        )
+        raise ValueError(msg)
+    return family
+
+
+def encoder_patch_size(encoder_name: str) -> int:
+    """Patch size of a supported encoder, from its timm name (``..._patch14_...`` → 14), before building it.
+
+    The built model's ``patch_embed.patch_size`` is checked against it in :func:`build_encoder`.
+    """
+    encoder_family(encoder_name)
+    match = re.search(r"_patch(\d+)", encoder_name)
+    if match is None:  # pragma: no cover - every supported name has it
+        msg = f"Cannot read the patch size from encoder_name {encoder_name!r}"
+        raise ValueError(msg)
+    return int(match.group(1))
 
 
 def dino_architecture(encoder_name: str) -> dict:
-    """Return embedding size, head count and default target layers for a DINOv2 encoder name.
+    """Embedding size, head count, depth, patch size, prefix tokens and default target layers of an encoder.
 
-    Args:
-        encoder_name: timm model name, e.g. ``"vit_base_patch14_reg4_dinov2"``.
-
-    Returns:
-        A copy of the matching entry of anomalib's ``DINO_ARCHITECTURES``.
+    Read from the timm model built on the meta device (no memory, no weights), so DINOv3 sizes such as
+    ``small_plus`` or ``huge_plus`` need no table.
 
     Raises:
-        ValueError: If the name is not a timm DINOv2 ViT of a known size.
+        ValueError: If the name is not a timm DINOv2/DINOv3 ViT.
     """
-    supported = sorted(n for n in timm.list_models("vit_*_patch14*dinov2*") if "_ls" not in n)
-    if not timm.is_model(encoder_name) or "dinov2" not in encoder_name:
-        msg = f"Unknown encoder_name {encoder_name!r}: CRR needs a timm DINOv2 ViT, one of {supported}."
-        raise ValueError(msg)
-    for size, config in DINO_ARCHITECTURES.items():
-        if f"_{size}_" in encoder_name:
-            return {**config, "target_layers": list(config["target_layers"])}
-    msg = f"Unsupported encoder size in {encoder_name!r}: expected one of {list(DINO_ARCHITECTURES)} in the name."
-    raise ValueError(msg)
+    patch_size = encoder_patch_size(encoder_name)
+    vit = timm.create_model(encoder_name, pretrained=False, device="meta")
+    depth = len(vit.blocks)
+    return {
+        "embed_dim": vit.embed_dim,
+        "num_heads": vit.blocks[0].attn.num_heads,
+        "depth": depth,
+        "patch_size": patch_size,
+        "num_prefix_tokens": vit.num_prefix_tokens,
+        "target_layers": default_target_layers(depth),
+    }
+
+
+def default_target_layers(depth: int) -> list[int]:
+    """Dinomaly's eight target blocks, scaled to the encoder depth: 2..9 for 12 blocks, 4, 6, .., 18 for 24."""
+    return sorted({min(depth - 1, round(depth * k / 12)) for k in range(2, 10)})
 
 
 def build_encoder(
     encoder_name: str,
     encoder_weights: str | Path | None,
-    target_layers: list[int],
+    target_layers: list[int] | None = None,
 ) -> TimmFeatureExtractor:
     """Build the frozen token encoder and load its weights.
 
@@ -61,19 +108,22 @@ def build_encoder(
     only cost time (2 of 12 blocks for ViT-B).
 
     Args:
-        encoder_name: timm DINOv2 model name.
+        encoder_name: timm DINOv2 or DINOv3 ViT name (see :func:`supported_encoders`).
         encoder_weights: ``"pretrained"`` (download with timm), a path to a local checkpoint
-            (timm ``.safetensors``/``.pth``, or the original ``dinov2_vit*_reg4_pretrain.pth``), or
-            ``None`` for random initialisation.
-        target_layers: Block indices whose tokens are returned.
+            (timm ``.safetensors``/``.pth``, or an original ``dinov2_vit*_reg4_pretrain.pth`` / DINOv3
+            checkpoint, which timm's filter converts), or ``None`` for random initialisation.
+        target_layers: Block indices whose tokens are returned; ``None``: :func:`default_target_layers`.
 
     Returns:
-        A ``TimmFeatureExtractor`` in ``NLC`` mode returning ``[cls, registers, patches]`` tokens.
+        A ``TimmFeatureExtractor`` in ``NLC`` mode returning ``[cls, registers, patches]`` tokens, with
+        ``target_layers``, ``embed_dim``, ``num_heads``, ``patch_size`` and ``num_prefix_tokens`` set.
 
     Raises:
+        ValueError: If the name is not supported or a target layer does not exist.
         FileNotFoundError: If a local weights path does not exist.
         RuntimeError: If the download or the loading of a file fails.
     """
+    patch_size = encoder_patch_size(encoder_name)
     download = isinstance(encoder_weights, str) and encoder_weights == PRETRAINED
     local_path = None if download or encoder_weights is None else Path(encoder_weights).expanduser()
     if local_path is not None and not local_path.is_file():
@@ -83,6 +133,11 @@ def build_encoder(
         )
         raise FileNotFoundError(msg)
 
+    depth = dino_architecture(encoder_name)["depth"]
+    target_layers = list(target_layers) if target_layers is not None else default_target_layers(depth)
+    if not target_layers or any(not 0 <= index < depth for index in target_layers):
+        msg = f"target_layers={target_layers} must be block indices in [0, {depth - 1}] of '{encoder_name}'"
+        raise ValueError(msg)
     layers = [f"blocks.{i}" for i in target_layers]
     try:
         with offline_hub_if_unreachable() if download else contextlib.nullcontext():
@@ -108,23 +163,30 @@ def build_encoder(
         raise RuntimeError(msg) from exc
 
     vit = encoder.feature_extractor
+    if encoder.patch_size != patch_size:  # pragma: no cover - guards against a timm renaming
+        msg = f"'{encoder_name}' has patch size {encoder.patch_size}, not {patch_size} as its name says"
+        raise ValueError(msg)
     if local_path is not None:
         _load_local_weights(vit, local_path)
     vit.prune_intermediate_layers(indices=list(target_layers), prune_norm=True, prune_head=True)
     for param in encoder.parameters():
         param.requires_grad = False
+    encoder.target_layers = target_layers
+    encoder.embed_dim = vit.embed_dim
+    encoder.num_heads = vit.blocks[0].attn.num_heads
     return encoder.eval()
 
 
-def _load_local_weights(vit: timm.models.VisionTransformer, path: Path) -> None:
-    """Load a timm- or DINOv2-format checkpoint strictly into ``vit``.
+def _load_local_weights(vit: torch.nn.Module, path: Path) -> None:
+    """Load a timm- or original-format checkpoint strictly into ``vit``.
 
-    timm's ViT ``checkpoint_filter_fn`` converts the original DINOv2 key names (``register_tokens``,
-    ``ls1.gamma``, ...) and resamples position embeddings where needed.
+    The ``checkpoint_filter_fn`` of the model's timm module (``vision_transformer`` for DINOv2, ``eva``
+    for DINOv3) converts the original key names (``register_tokens``, ``ls1.gamma``, ...) and resamples
+    position embeddings where needed.
     """
     from timm.models import load_state_dict
-    from timm.models.vision_transformer import checkpoint_filter_fn
 
+    checkpoint_filter_fn = sys.modules[type(vit).__module__].checkpoint_filter_fn
     try:
         state_dict = load_state_dict(str(path), use_ema=False)
         state_dict = checkpoint_filter_fn(state_dict, vit)
