@@ -140,6 +140,14 @@ def test_second_run_skips_finished_jobs_and_rerun_redoes_them(smoke_run: dict) -
     assert any(line.startswith("[1/1] Padim__") and "started" in line for line in lines)
     assert len(_csv(output)) == 15  # the report still covers every job of the config
 
+    changed = yaml.safe_load(SMOKE.read_text())
+    next(m for m in changed["models"] if m["name"] == "Padim")["init_args"]["layers"] = ["layer1", "layer2"]
+    changed_path = output.parent / "changed.yaml"
+    changed_path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(ConfigError, match=r"changed since their results were written.*Padim__"):
+        run(changed_path, output=output, echo=lines.append)
+    assert results[padim].stat().st_mtime_ns == after[padim]
+
 
 def _small_config(root: Path, models: list[dict]) -> dict:
     return {

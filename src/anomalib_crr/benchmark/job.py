@@ -296,6 +296,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
             ),
             "memory_kind": cost.memory_kind(device),
             "macs_counter": "torch.utils.flop_counter.FlopCounterMode (MAC = FLOP / 2)",
+            "code": _code_source(),
             **cost.environment(device, str(engine.trainer.precision)),
         },
         "notes": [*notes, *spec.get("notes", []), *job["dataset"].get("notes", [])],
@@ -304,6 +305,17 @@ def run_job(job_file: Path) -> dict[str, Any]:
     }
     shutil.rmtree(engine_root, ignore_errors=True)  # checkpoints are not part of the benchmark
     return result
+
+
+def _code_source() -> str:
+    """Where this process imported ``anomalib_crr`` from (and the commit in ``BENCHMARK_CODE_COMMIT``, if set)."""
+    import os
+
+    import anomalib_crr
+
+    source = str(Path(anomalib_crr.__file__).parent)
+    commit = os.environ.get("BENCHMARK_CODE_COMMIT")
+    return f"{source} @ {commit}" if commit else source
 
 
 def write_result(job_dir: Path, result: dict[str, Any]) -> None:

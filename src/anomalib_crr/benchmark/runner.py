@@ -115,6 +115,10 @@ def _run_process(job: JobSpec, job_dir: Path, offline: bool, echo: Callable[[str
             try:
                 code = process.wait(timeout=1.0)
                 break
+            except KeyboardInterrupt:  # the job runs in its own session: stop it too, then stop the run
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
             except subprocess.TimeoutExpired:
                 elapsed = time.perf_counter() - start
                 if job.model.timeout_s and elapsed > float(job.model.timeout_s):
@@ -192,10 +196,11 @@ def run(
     stale = []
     for job in jobs:
         previous = read_result(cfg.output / "jobs" / job.job_id)
-        if previous is not None and previous.get("spec_hash") != job.spec_hash and not rerun:
+        finished = previous is not None and previous.get("status") == "ok"
+        if finished and previous.get("spec_hash") != job.spec_hash and not rerun:
             stale.append(job.job_id)
     if stale:
-        msg = (
+        msg = (  # failed jobs are simply run again
             f"{cfg.output}: the definition of {len(stale)} finished job(s) changed since their results were written "
             f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}); pass --rerun to redo them or --output "
             "for a new run folder (nothing was overwritten)"
