@@ -25,7 +25,9 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +45,14 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
 from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
+from .components.foreground import ForegroundMaskFolder, estimate_foreground
 from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
 from .torch_model import CrrModel
 
@@ -81,6 +85,12 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         fusion_alpha: Weight of the reconstruction map in the fused map (1: reconstruction only, 0: seg only).
         dtd_dir: Texture folder for synthesis (DTD layout); downloaded at fit start if missing. ``None``: Perlin-noise
             textures, no download.
+        foreground: Where synthetic anomalies may land. ``None``: anywhere (textures); ``"auto"``: on a foreground
+            estimated from each image (difference to the border colour, Otsu threshold, morphological clean-up;
+            the whole image where the estimate is degenerate); a folder: per-image masks mirroring the dataset
+            tree (e.g. DiffusionAD's DIS masks), brought to the crop by the pre-processor's transform.
+        stage2_batch_size: Images of each batch that stage II trains the segmentation head on (the first ones of
+            the shuffled batch; official: 8 while stage I uses 16). ``None``: the whole batch.
         lr: Peak stage-I learning rate (StableAdamW, warm-up then cosine).
         final_lr: Final stage-I learning rate.
         warmup_steps: Stage-I warm-up steps.
@@ -111,6 +121,8 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         seg_output_size: int = 256,
         fusion_alpha: float = 0.7,
         dtd_dir: str | Path | None = "./datasets/dtd",
+        foreground: str | Path | None = None,
+        stage2_batch_size: int | None = 8,
         lr: float = 2e-3,
         final_lr: float = 2e-4,
         warmup_steps: int = 100,
@@ -125,6 +137,12 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         if stage1_steps < 0 or stage2_steps < 0 or stage1_steps + stage2_steps == 0:
             msg = f"stage1_steps and stage2_steps must be >= 0 and not both 0, got {stage1_steps}, {stage2_steps}"
             raise ValueError(msg)
+        if stage2_batch_size is not None and (isinstance(stage2_batch_size, bool) or stage2_batch_size < 1):
+            msg = f"stage2_batch_size must be a positive integer or None (the whole batch), got {stage2_batch_size!r}"
+            raise ValueError(msg)
+        if foreground is not None and not isinstance(foreground, str | Path):
+            msg = f"foreground must be None, 'auto' or a folder of masks, got {foreground!r}"
+            raise TypeError(msg)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -150,6 +168,9 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         self.stage1_steps = stage1_steps
         self.stage2_steps = stage2_steps
         self.dtd_dir = dtd_dir
+        self.foreground = None if foreground is None else str(foreground)
+        self.stage2_batch_size = stage2_batch_size
+        self.foreground_masks: ForegroundMaskFolder | None = None
         self.lr, self.final_lr, self.warmup_steps = lr, final_lr, warmup_steps
         self.weight_decay, self.grad_clip, self.seg_lr = weight_decay, grad_clip, seg_lr
         self.loss = CrrReconstructionRepairLoss()
@@ -293,9 +314,59 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             raise RuntimeError(msg) from exc
         return dtd_dir
 
+    def _synthesis_canvas(self) -> tuple[int, int] | None:
+        """The pre-processor's fixed resize size: the official code synthesises there, before the centre crop."""
+        if not isinstance(self.pre_processor, PreProcessor):
+            return None
+        sizes = [t.size for t in flatten_transforms(self.pre_processor.transform) if isinstance(t, Resize)]
+        if sizes and isinstance(sizes[-1], Sequence) and len(sizes[-1]) == 2:
+            return int(sizes[-1][0]), int(sizes[-1][1])
+        return None
+
+    def _foreground_source(self) -> ForegroundMaskFolder | None:
+        """Check ``foreground`` and open the mask folder (``None`` for ``None`` and ``"auto"``)."""
+        if self.foreground is None or self.foreground == "auto":
+            return None
+        folder = Path(self.foreground)
+        if not folder.is_dir():
+            msg = (
+                f"foreground='{self.foreground}' is neither None, 'auto' nor an existing folder of foreground masks "
+                "(a tree mirroring the dataset, e.g. <category>/train/good/000.png)"
+            )
+            raise FileNotFoundError(msg)
+        transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
+        return ForegroundMaskFolder(folder, transform=transform)
+
     def on_fit_start(self) -> None:
-        """Create the anomaly synthesiser (and fetch DTD if requested) before the first step."""
-        self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir())
+        """Create the anomaly synthesiser (and fetch DTD if requested) before the first step.
+
+        Also puts every trainable part in train mode and the frozen encoder in eval mode, and silences
+        Lightning's "modules in eval mode" warning when the encoder's modules are the only ones in eval.
+        """
+        self.foreground_masks = self._foreground_source()
+        self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir(), canvas_size=self._synthesis_canvas())
+        self.train()
+        self.model.encoder.eval()
+        in_eval = [name for name, module in self.named_modules() if not module.training]
+        encoder_prefix = "model.encoder"
+        if all(name == encoder_prefix or name.startswith(encoder_prefix + ".") for name in in_eval):
+            message = f"Found {len(in_eval)} module(s) in eval mode at the start of training."
+            warnings.filterwarnings("ignore", message=re.escape(message), category=PossibleUserWarning)
+
+    def _foreground(self, batch: Batch, images: torch.Tensor) -> torch.Tensor | None:
+        """Foreground masks (B, 1, H, W) for the images of ``batch`` (``images`` may be its first rows)."""
+        if self.foreground is None:
+            return None
+        if self.foreground == "auto":
+            return estimate_foreground(images)
+        if self.foreground_masks is None:
+            self.foreground_masks = self._foreground_source()
+        paths = getattr(batch, "image_path", None)
+        if paths is None:
+            msg = "foreground is a mask folder, but the training batches carry no image_path to find the masks by"
+            raise ValueError(msg)
+        assert self.foreground_masks is not None
+        return self.foreground_masks(list(paths)[: images.shape[0]], tuple(images.shape[-2:]), images.device)
 
     def on_train_start(self) -> None:
         """Continue counting from the checkpoint's step (0 for a new model)."""
@@ -306,22 +377,34 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         del args, kwargs
         step = self._step
         if step < self.stage1_steps:
-            loss = self._stage1_step(batch.image, step)
+            loss = self._stage1_step(batch.image, step, self._foreground(batch, batch.image))
             self.log("train_loss_stage1", loss, on_step=True, prog_bar=False)
         else:
-            loss = self._stage2_step(batch.image)
+            images = self.stage2_images(batch.image)
+            loss = self._stage2_step(images, self._foreground(batch, images))
             self.log("train_loss_stage2", loss, on_step=True, prog_bar=False)
         self._step += 1
         self.train_step_count += 1
         self.log("train_loss", loss, on_step=True, prog_bar=True)
         return {"loss": loss}
 
-    def _stage1_step(self, images: torch.Tensor, step: int) -> torch.Tensor:
-        """Reconstruction + repair: ``L(E(x), D(x)) + L(E(x), D(x̃))`` with one encoder/decoder pass on [x; x̃]."""
+    def stage2_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The first ``stage2_batch_size`` images of a (shuffled) batch, which stage II trains on."""
+        return images if self.stage2_batch_size is None else images[: self.stage2_batch_size]
+
+    def _stage1_step(self, images: torch.Tensor, step: int, foreground: torch.Tensor | None = None) -> torch.Tensor:
+        """Reconstruction + repair: ``L(E(x), D(x)) + L(E(x), D(x̃))`` with one encoder/decoder pass on [x; x̃].
+
+        Bottleneck and decoder are put in train mode here (masking and dropout on): Lightning does not call
+        ``train()`` when a fit starts, and stage II leaves them in eval mode. Gradient-norm clipping happens in
+        :meth:`on_before_optimizer_step`, where mixed-precision gradients are already unscaled.
+        """
         optimizer = self.optimizers()[0]
         scheduler = self.lr_schedulers()
+        self.model.bottleneck.train()
+        self.model.decoder.train()
         assert self.synthesizer is not None
-        synthetic = self.synthesizer(images)
+        synthetic = self.synthesizer(images, foreground)
         encoder_maps, decoder_maps = self.model.extract_features(torch.cat([images, synthetic.image]))
         batch_size = images.shape[0]
         loss = self.loss(
@@ -332,10 +415,20 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         )
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(self._with_idle_parameters(loss, [self.model.seg_head]))
-        self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
         scheduler.step()
         return loss.detach()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stage-I gradient norm to ``grad_clip``.
+
+        Lightning calls this hook inside ``optimizer.step()`` after the precision plugin has unscaled the
+        gradients (``16-mixed``'s GradScaler), so the clip sees the true gradient norm; clipping before
+        ``step()`` would clip the scaled gradients and shrink every update by the loss scale.
+        """
+        stage1_optimizer = self.optimizers()[0].optimizer
+        if optimizer is stage1_optimizer and self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def _with_idle_parameters(self, loss: torch.Tensor, idle_modules: list[torch.nn.Module]) -> torch.Tensor:
         """Give the parameters this stage does not train a zero gradient when training with DDP.
@@ -357,15 +450,18 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         self.model.bottleneck.eval()
         self.model.decoder.eval()
 
-    def _stage2_step(self, images: torch.Tensor) -> torch.Tensor:
-        """Segmentation: focal loss of the seg head on the synthetic image against its mask."""
+    def _stage2_step(self, images: torch.Tensor, foreground: torch.Tensor | None = None) -> torch.Tensor:
+        """Segmentation: focal loss of the seg head on the synthetic image against its mask.
+
+        ``images`` are the ``stage2_batch_size`` images chosen by :meth:`stage2_images`.
+        """
         optimizer = self.optimizers()[1]
         self.freeze_reconstruction()
         if not self.model.seg_head_active:
             self.model.mark_seg_head_trained()
         assert self.synthesizer is not None
         with torch.no_grad():
-            synthetic = self.synthesizer(images)
+            synthetic = self.synthesizer(images, foreground)
             encoder_maps, decoder_maps = self.model.extract_features(synthetic.image)
         logits = self.model.segment(encoder_maps, decoder_maps)
         target = F.interpolate(synthetic.mask, size=logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
