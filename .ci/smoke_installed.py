@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import anomalib_crr
+from anomalib_crr.demo import SMOKE_MODEL_ARGS
 
 installed_at = Path(anomalib_crr.__file__).resolve()
 assert "site-packages" in installed_at.parts, f"imported from the source tree, not the install: {installed_at}"
@@ -21,27 +22,13 @@ assert anomalib_crr.__version__ == importlib.metadata.version("anomalib-crr"), "
 
 from anomalib.models import CRR, MFRNet, get_model  # noqa: E402  (needs the hook or the import above)
 
-crr = get_model(
-    {
-        "class_path": "CRR",
-        "init_args": {
-            "encoder_name": "vit_small_patch14_reg4_dinov2",
-            "encoder_weights": None,
-            "target_layers": [0, 1],
-            "decoder_depth": 2,
-            "fuse_layer_encoder": [[0], [1]],
-            "fuse_layer_decoder": [[0], [1]],
-            "seg_base_width": 8,
-            "seg_output_size": 32,
-            "dtd_dir": None,
-        },
-    }
-)
+# The demo's small CRR settings ship in the wheel; random-init encoder, no download.
+crr = get_model({"class_path": "CRR", "init_args": {**SMOKE_MODEL_ARGS, "encoder_weights": None}})
 mfrnet = get_model("mfrnet", backbone="tf_efficientnet_lite0", pre_trained=False)
 assert isinstance(crr, CRR)
 assert isinstance(mfrnet, MFRNet)
 with torch.no_grad():
-    crr_out = crr.model.eval()(torch.rand(1, 3, 56, 56))
+    crr_out = crr.model.eval()(torch.rand(1, 3, 112, 112))
     mfrnet_out = mfrnet.model.eval()(torch.rand(1, 3, 128, 128))
 assert torch.isfinite(crr_out.pred_score).all()
 assert torch.isfinite(mfrnet_out.pred_score).all()
