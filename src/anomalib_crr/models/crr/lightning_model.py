@@ -52,15 +52,23 @@ from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
+from .components.encoder import encoder_family, encoder_patch_size
 from .components.foreground import ForegroundMaskFolder, estimate_foreground
 from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
-from .torch_model import CrrModel
+from .official_checkpoint import OfficialCheckpoint
+from .torch_model import CrrModel, resolve_inference_dtype
 
 logger = logging.getLogger(__name__)
 
+
+def _family_label(encoder_name: str) -> str:
+    """``"DINOv2"`` or ``"DINOv3"``, for messages."""
+    return encoder_family(encoder_name).replace("dino", "DINO")
+
+
 DEFAULT_IMAGE_SIZE = 448
 DEFAULT_CROP_SIZE = 392
-PATCH_SIZE = 14
+DEFAULT_ENCODER = "vit_base_patch14_reg4_dinov2"
 
 
 class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
@@ -101,11 +109,20 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         post_processor: Post-processor.
         evaluator: Evaluator.
         visualizer: Visualizer.
+        inference_dtype: ``None`` (float32, default) or ``"bfloat16"``/``"float16"``: opt-in reduced-precision
+            autocast of encoder, decoder and segmentation head in eval forwards (maps and score stay float32).
+            Fast on GPUs and CPUs with native bf16 (AVX512-BF16/AMX); slower where bf16 is emulated. ONNX export
+            always runs in float32.
+        seg_channels_last: Run the segmentation head's eval path in channels-last memory format.
+        official_checkpoint: A stage-I model file released with the official code (``ViTill`` state dict, e.g.
+            the Real-IAD ``dinov2_vitb14_reg4_pretrain.pth``), loaded into bottleneck, decoder and (when the
+            file embeds it, as the released one does) encoder. See :meth:`from_official_checkpoint`.
+        official_seg_checkpoint: The matching official segmentation-network file (e.g. ``Seg_model_7999.pth``).
     """
 
     def __init__(
         self,
-        encoder_name: str = "vit_base_patch14_reg4_dinov2",
+        encoder_name: str = DEFAULT_ENCODER,
         encoder_weights: str | Path | None = "pretrained",
         stage1_steps: int = 10_000,
         stage2_steps: int = 8_000,
@@ -133,7 +150,14 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
+        inference_dtype: str | None = None,
+        seg_channels_last: bool = False,
+        official_checkpoint: str | Path | None = None,
+        official_seg_checkpoint: str | Path | None = None,
     ) -> None:
+        resolve_inference_dtype(inference_dtype)  # bad values fail before anything is built
+        if pre_processor is True:  # the default crop must tile into the encoder's patches (14 or 16 px)
+            pre_processor = self.configure_pre_processor(encoder_name=encoder_name)
         if stage1_steps < 0 or stage2_steps < 0 or stage1_steps + stage2_steps == 0:
             msg = f"stage1_steps and stage2_steps must be >= 0 and not both 0, got {stage1_steps}, {stage2_steps}"
             raise ValueError(msg)
@@ -149,10 +173,12 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self._check_pre_processor()
+        self._check_pre_processor(encoder_name)
+        official = OfficialCheckpoint.from_paths(official_checkpoint, official_seg_checkpoint)
         self.model: CrrModel = CrrModel(
             encoder_name=encoder_name,
-            encoder_weights=encoder_weights,
+            # The official model file embeds the frozen DINOv2 encoder: no download then.
+            encoder_weights=None if official is not None and official.has_encoder else encoder_weights,
             target_layers=target_layers,
             fuse_layer_encoder=fuse_layer_encoder,
             fuse_layer_decoder=fuse_layer_decoder,
@@ -164,6 +190,8 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             seg_base_width=seg_base_width,
             seg_output_size=seg_output_size,
             fusion_alpha=fusion_alpha,
+            inference_dtype=inference_dtype,
+            seg_channels_last=seg_channels_last,
         )
         self.stage1_steps = stage1_steps
         self.stage2_steps = stage2_steps
@@ -181,6 +209,10 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         self.register_buffer("train_step_count", torch.tensor(0, dtype=torch.long))
         self._step = 0
         self.automatic_optimization = False
+        if official is not None:  # a released CRR-MUAD model: stage I (and stage II with the seg file) done
+            official.load_into(self.model)
+            self.train_step_count.fill_(self.total_steps if official.seg_state is not None else self.stage1_steps)
+            self._step = int(self.train_step_count)
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -188,22 +220,26 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         cls,
         image_size: tuple[int, int] | None = None,
         crop_size: int | None = None,
+        encoder_name: str = DEFAULT_ENCODER,
     ) -> PreProcessor:
-        """Resize (448² by default) and centre-crop (392² by default); no ``Normalize``.
+        """Resize (448² by default) and centre-crop; no ``Normalize``.
 
         Args:
             image_size: Resize target (height, width).
-            crop_size: Side of the square centre crop, a multiple of the patch size 14.
+            crop_size: Side of the square centre crop, a multiple of the encoder's patch size (14 for DINOv2,
+                16 for DINOv3). Default: 392 rounded down to a multiple of it (392 for DINOv2, 384 for DINOv3).
+            encoder_name: The encoder the images are for; it sets the patch size.
 
         Raises:
-            ValueError: If the crop is not a multiple of 14 or larger than the resized image.
+            ValueError: If the crop is not a multiple of the patch size or larger than the resized image.
         """
+        patch_size = encoder_patch_size(encoder_name)
         image_size = tuple(image_size) if image_size is not None else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-        crop_size = crop_size or DEFAULT_CROP_SIZE
-        if crop_size % PATCH_SIZE:
+        crop_size = crop_size or DEFAULT_CROP_SIZE // patch_size * patch_size
+        if crop_size % patch_size:
             msg = (
-                f"crop_size {crop_size} is not a multiple of the DINOv2 patch size {PATCH_SIZE}; "
-                f"use e.g. {max(1, crop_size // PATCH_SIZE) * PATCH_SIZE}"
+                f"crop_size {crop_size} is not a multiple of the {_family_label(encoder_name)} patch size "
+                f"{patch_size}; use e.g. {max(1, crop_size // patch_size) * patch_size}"
             )
             raise ValueError(msg)
         if crop_size > min(image_size):
@@ -211,8 +247,8 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             raise ValueError(msg)
         return PreProcessor(transform=Compose([Resize(image_size, antialias=True), CenterCrop(crop_size)]))
 
-    def _check_pre_processor(self) -> None:
-        """Reject pre-processors that normalise or produce sizes that do not tile into 14-pixel patches."""
+    def _check_pre_processor(self, encoder_name: str) -> None:
+        """Reject pre-processors that normalise or produce sizes that do not tile into the encoder's patches."""
         if not isinstance(self.pre_processor, PreProcessor):
             return
         transforms = list(flatten_transforms(self.pre_processor.transform))
@@ -224,10 +260,13 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             )
             raise ValueError(msg)
         size = transform_output_size(transforms)
-        if size is not None and (size[0] % PATCH_SIZE or size[1] % PATCH_SIZE):
+        patch = encoder_patch_size(encoder_name)
+        if size is not None and (size[0] % patch or size[1] % patch):
             msg = (
-                f"The pre-processor produces {size[0]}x{size[1]} images, which is not a multiple of the DINOv2 "
-                f"patch size {PATCH_SIZE}; use a crop/resize size such as {max(1, size[0] // PATCH_SIZE) * PATCH_SIZE}."
+                f"The pre-processor produces {size[0]}x{size[1]} images, which is not a multiple of the "
+                f"{_family_label(encoder_name)} patch size {patch} of '{encoder_name}'; use a crop/resize size "
+                f"such as {max(1, size[0] // patch) * patch} (CRR.configure_pre_processor(crop_size=..., "
+                f"encoder_name='{encoder_name}'))."
             )
             raise ValueError(msg)
 
@@ -240,7 +279,38 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> CRR:  # type: ignore[override]
         """Rebuild from a checkpoint without downloading encoder weights: the checkpoint holds them."""
         kwargs.setdefault("encoder_weights", None)
+        kwargs.setdefault("official_checkpoint", None)  # the Lightning checkpoint holds those weights too
+        kwargs.setdefault("official_seg_checkpoint", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
+
+    @classmethod
+    def from_official_checkpoint(
+        cls,
+        model_path: str | Path,
+        seg_path: str | Path | None = None,
+        **kwargs: Any,
+    ) -> CRR:
+        """Build CRR from the checkpoints released with the official CRR-MUAD code.
+
+        The official names are remapped to ours (``bottleneck.0.fc1`` → ``bottleneck.mlp.fc1``, ``up2.1`` →
+        ``seg_head.stages.2.conv.0``, ...); the frozen encoder comes from the DINOv2 weights embedded in the
+        model file (or, if a file lacks them, from ``encoder_weights``). A file whose keys or shapes do not
+        match the model is refused with a message naming it and the first mismatches. The released files are
+        for the defaults (ViT-B/14 DINOv2-R, 8 decoder blocks, ``seg_base_width=192``, Resize 448 → crop 392).
+        The result has no thresholds yet: run ``Engine.validate`` (or ``fit`` with more steps) on normal data
+        before ``predict``. CLI: ``--model.official_checkpoint FILE --model.official_seg_checkpoint FILE``.
+
+        Args:
+            model_path: The stage-I model file (``ViTill`` state dict).
+            seg_path: The segmentation-network file; ``None`` leaves the head untrained (reconstruction map only).
+            **kwargs: Other ``CRR`` arguments (e.g. ``mask_at_inference="random"`` for the official stochastic
+                inference, ``inference_dtype``).
+
+        Example:
+            >>> model = CRR.from_official_checkpoint(  # doctest: +SKIP
+            ...     "dinov2_vitb14_reg4_pretrain.pth", "Seg_model_7999.pth", stage1_steps=50_000)
+        """
+        return cls(official_checkpoint=model_path, official_seg_checkpoint=seg_path, **kwargs)
 
     @property
     def learning_type(self) -> LearningType:
