@@ -39,10 +39,14 @@ class CrrReconstructionRepairLoss(nn.Module):
         decoder: list[torch.Tensor],
         step: int,
     ) -> torch.Tensor:
-        """Hard-mined global cosine loss of ``decoder`` against the detached clean encoder features."""
+        """Hard-mined global cosine loss of ``decoder`` against the detached clean encoder features.
+
+        Features are cast to float32 (a no-op in float32 training): in fp16, ``CosineSimilarity``'s eps
+        rounds to 0 (a zero feature vector gives NaN) and the squared norms of flattened maps overflow.
+        """
         return self.cosine_loss(
-            encoder_features=[feature.detach() for feature in clean_encoder],
-            decoder_features=decoder,
+            encoder_features=[feature.detach().float() for feature in clean_encoder],
+            decoder_features=[feature.float() for feature in decoder],
             global_step=step,
         )
 

@@ -25,9 +25,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import GaussianBlur2d
-from anomalib.models.image.dinomaly.components import DinomalyMLP, LinearAttention
+from anomalib.models.image.dinomaly.components import DinomalyMLP
 from anomalib.models.image.dinomaly.torch_model import DecoderViTBlock
 from torch import nn
+
+from anomalib_crr.models.components.attention import StableLinearAttention
 
 from .components import (
     CrrSegHead,
@@ -186,7 +188,7 @@ class CrrModel(nn.Module):
             qkv_bias=True,
             norm_layer=partial(nn.LayerNorm, eps=1e-8),  # type: ignore[arg-type]
             attn_drop=0.0,
-            attn=LinearAttention,
+            attn=StableLinearAttention,  # anomalib's, with a float32 normaliser (bf16/fp16-safe)
         )
         block.mlp = DinomalyMLP(in_features=dim, hidden_features=dim * 4, out_features=dim, drop=0.0, bias=True)
         return block
@@ -267,8 +269,11 @@ class CrrModel(nn.Module):
         """``S = concat_g[−norm(E_g)·norm(D_g)]``; per group its channel sum is ``−cos(E_g, D_g)``."""
         products = []
         for encoder_map, decoder_map in zip(encoder_maps, decoder_maps, strict=True):
-            encoder_unit = encoder_map.detach() / (encoder_map.detach().norm(dim=1, keepdim=True) + L2_EPS)
-            decoder_unit = decoder_map / (decoder_map.norm(dim=1, keepdim=True) + L2_EPS)
+            # Norms in float32: in fp16, L2_EPS rounds to 0 and a squared-norm sum can overflow.
+            encoder_norm = torch.linalg.vector_norm(encoder_map.detach(), dim=1, keepdim=True, dtype=torch.float32)
+            decoder_norm = torch.linalg.vector_norm(decoder_map, dim=1, keepdim=True, dtype=torch.float32)
+            encoder_unit = encoder_map.detach() / (encoder_norm + L2_EPS)
+            decoder_unit = decoder_map / (decoder_norm + L2_EPS)
             products.append(-encoder_unit * decoder_unit)
         return torch.cat(products, dim=1)
 
