@@ -1,13 +1,16 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""Helpers shared by the models: hub access, local weight files, pre-processor inspection, fit-end validation."""
+"""Helpers shared by the models: hub access, local weight files, pre-processor checks, fit-end validation, resume."""
 
+from .checkpointing import PeriodicCheckpoint, RandomStateCheckpoint
 from .fit_end import ValidateAtFitEnd, ValidatesAtFitEnd
 from .hub import hub_id, offline_hub_if_unreachable
 from .transforms import flatten_transforms, transform_output_size
 
 __all__ = [
+    "PeriodicCheckpoint",
+    "RandomStateCheckpoint",
     "ValidateAtFitEnd",
     "ValidatesAtFitEnd",
     "flatten_transforms",

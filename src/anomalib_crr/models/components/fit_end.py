@@ -27,6 +27,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from .input_checks import ChecksInputs
+
 logger = logging.getLogger(__name__)
 
 
@@ -130,10 +132,30 @@ def _save_validated_checkpoints(trainer: pl.Trainer, saved_before: dict[int, int
         callback._save_last_checkpoint(trainer, candidates)
 
 
-class ValidatesAtFitEnd:
-    """Mixin for ``AnomalibModule`` subclasses: adds :class:`ValidateAtFitEnd` to the model's callbacks."""
+class ValidatesAtFitEnd(ChecksInputs):
+    """Mixin for ``AnomalibModule`` subclasses: fit-end validation, crash-safe resume, input checks.
+
+    Adds :class:`ValidateAtFitEnd`, :class:`~.checkpointing.RandomStateCheckpoint`, a default
+    :class:`~.checkpointing.PeriodicCheckpoint`, :class:`~anomalib_crr.data.validation.InputFileCheck` and
+    :class:`~anomalib_crr.predict.PredictionTable` (scores per file after a prediction), and
+    (from :class:`~.input_checks.ChecksInputs`) rejects non-finite input tensors and explains checkpoints
+    that do not fit. Lightning lets a model's callbacks replace the trainer's
+    callbacks of the same (or a parent) type, so a resume callback the user already passed to the Engine
+    or Trainer (e.g. ``PeriodicCheckpoint(every_n_steps=100)``) is kept and the default is not added.
+    """
 
     def configure_callbacks(self) -> list[Callback]:
-        """The component callbacks of anomalib, plus one validation at the end of a fit that was cut short."""
+        """Anomalib's component callbacks, validation at the end of a cut-short fit, resume callbacks."""
+        from anomalib_crr.data.validation import InputFileCheck
+        from anomalib_crr.predict import PredictionTable
+
+        from .checkpointing import PeriodicCheckpoint, RandomStateCheckpoint
+
         callbacks = super().configure_callbacks()  # type: ignore[misc]
-        return [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), ValidateAtFitEnd()]
+        callbacks = [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), ValidateAtFitEnd()]
+        trainer = getattr(self, "_trainer", None)
+        present = [type(callback) for callback in (trainer.callbacks if trainer is not None else [])]
+        for default in (RandomStateCheckpoint, PeriodicCheckpoint, InputFileCheck, PredictionTable):
+            if not any(issubclass(kind, default) for kind in present):
+                callbacks.append(default())
+        return callbacks
