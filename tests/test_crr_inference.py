@@ -130,3 +130,18 @@ def test_head_macs_at_the_paper_width_and_lighter_widths() -> None:
     assert macs[192]["train"] == 548_394_762_240
     assert macs[192]["eval"] < 0.75 * macs[192]["train"]  # upsampling convs at the low resolution
     assert macs[64]["eval"] < macs[96]["eval"] < macs[192]["eval"]
+
+
+def test_pickled_eval_head_drops_the_cache_and_refolds() -> None:
+    """anomalib's torch export pickles the module: the folded copy is not stored, and is rebuilt on load."""
+    import pickle
+
+    head = _head().eval()
+    seg_input = torch.randn(1, 64, 4, 4)
+    with torch.no_grad():
+        expected = head(seg_input)
+    restored = pickle.loads(pickle.dumps(head))
+    assert restored.folded_weight_0 is None
+    assert head.folded_weight_0 is not None  # the original keeps its cache
+    with torch.no_grad():
+        torch.testing.assert_close(restored(seg_input), expected, rtol=0, atol=0)
