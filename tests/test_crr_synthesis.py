@@ -156,6 +156,16 @@ def test_perlin_noise_spans_the_image_size_not_the_next_power_of_two() -> None:
     assert 0.05 < float((perlin_noise(torch.tensor([[4, 4]] * 8), 96, 96) > 0.5).float().mean()) < 0.5
 
 
+def test_coarse_perlin_evaluation_is_exact_at_evaluated_pixels_and_close_elsewhere() -> None:
+    scales = torch.tensor([[32, 32], [4, 2]])
+    torch.manual_seed(3)
+    exact = perlin_noise(scales, 392, 392, canvas=(448, 448))  # the official geometry: 14 px per finest cell
+    torch.manual_seed(3)
+    coarse = perlin_noise(scales, 392, 392, canvas=(448, 448), step=2)
+    torch.testing.assert_close(coarse[:, ::2, ::2], exact[:, ::2, ::2])
+    assert ((coarse > 0.5) != (exact > 0.5)).float().mean() < 0.01
+
+
 def test_perlin_rotation_keeps_the_centre_and_zero_fills_corners() -> None:
     scales = torch.tensor([[1, 1]])
     torch.manual_seed(1)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 MIN_SCALE_EXPONENT = 0
 MAX_SCALE_EXPONENT = 6  # scales 2**0 .. 2**5, as the official code
@@ -42,6 +43,7 @@ def perlin_noise(
     width: int,
     canvas: tuple[int, int] | None = None,
     angles: torch.Tensor | None = None,
+    step: int = 1,
 ) -> torch.Tensor:
     """Perlin noise maps (B, H, W), roughly in [−1, 1].
 
@@ -52,18 +54,47 @@ def perlin_noise(
         canvas: Size (H_c, W_c) the lattice spans; ``None`` = (height, width). Must be at least the output.
         angles: Rotation of the noise about the canvas centre in degrees, per image (B,); ``None`` = none.
             Samples that fall outside the canvas after rotation are 0.
+        step: Evaluate the noise every ``step`` pixels and fill in bilinearly (exact at the evaluated pixels).
+            Perlin noise is smooth at the scale of a lattice cell, so with at least ~7 evaluations per cell
+            this changes thresholded masks only at the odd boundary pixel, for ``step²`` times less work.
     """
+    if step > 1:
+        coarse_h, coarse_w = -(-(height - 1) // step) + 1, -(-(width - 1) // step) + 1
+        canvas_h, canvas_w = canvas if canvas is not None else (height, width)
+        coarse = _perlin_noise_at(scales, (canvas_h, canvas_w), (height, width), angles, step, (coarse_h, coarse_w))
+        fine = F.interpolate(
+            coarse.unsqueeze(1),
+            size=((coarse_h - 1) * step + 1, (coarse_w - 1) * step + 1),
+            mode="bilinear",
+            align_corners=True,
+        )
+        return fine[:, 0, :height, :width]
+    canvas_h, canvas_w = canvas if canvas is not None else (height, width)
+    return _perlin_noise_at(scales, (canvas_h, canvas_w), (height, width), angles, 1, (height, width))
+
+
+def _perlin_noise_at(
+    scales: torch.Tensor,
+    canvas: tuple[int, int],
+    output: tuple[int, int],
+    angles: torch.Tensor | None,
+    step: int,
+    samples: tuple[int, int],
+) -> torch.Tensor:
+    """Noise at output pixels ``(step·i, step·j)`` of the centre ``output`` window of ``canvas``: (B, *samples)."""
+    height, width = output
     device = scales.device
     batch = scales.shape[0]
-    canvas_h, canvas_w = canvas if canvas is not None else (height, width)
+    canvas_h, canvas_w = canvas
     if canvas_h < height or canvas_w < width:
         msg = f"canvas {canvas} must be at least the output size {(height, width)}"
         raise ValueError(msg)
     top, left = (canvas_h - height) // 2, (canvas_w - width) // 2
-    ys = torch.arange(top, top + height, device=device, dtype=torch.float32).view(1, height, 1)
-    xs = torch.arange(left, left + width, device=device, dtype=torch.float32).view(1, 1, width)
-    ys, xs = ys.expand(batch, height, width), xs.expand(batch, height, width)
-    inside = torch.ones(batch, height, width, dtype=torch.bool, device=device)
+    rows, cols = samples
+    ys = (top + step * torch.arange(rows, device=device, dtype=torch.float32)).view(1, rows, 1)
+    xs = (left + step * torch.arange(cols, device=device, dtype=torch.float32)).view(1, 1, cols)
+    ys, xs = ys.expand(batch, rows, cols), xs.expand(batch, rows, cols)
+    inside = torch.ones(batch, rows, cols, dtype=torch.bool, device=device)
     if angles is not None:
         # Output pixel p reads the noise at R(−θ)(p − c) + c (inverse mapping of a rotation by θ).
         theta = angles.to(device=device, dtype=torch.float32).view(batch, 1, 1) * (math.pi / 180)
@@ -90,8 +121,8 @@ def perlin_noise(
 
     def corner(dy: int, dx: int) -> torch.Tensor:
         index = ((cy_i + dy) * lattice + (cx_i + dx)).flatten(1)
-        gy = grad_y.gather(1, index).view(batch, height, width)
-        gx = grad_x.gather(1, index).view(batch, height, width)
+        gy = grad_y.gather(1, index).view(batch, rows, cols)
+        gx = grad_x.gather(1, index).view(batch, rows, cols)
         return (fy - dy) * gy + (fx - dx) * gx
 
     t_y, t_x = _fade(fy), _fade(fx)

@@ -32,9 +32,18 @@ from torchvision import io
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from .augmentation import BatchedRandomAugment
-from .perlin import perlin_noise, random_perlin_scales
+from .perlin import MAX_SCALE_EXPONENT, perlin_noise, random_perlin_scales
 
 MAX_MASK_RETRIES = 50
+# Evaluate Perlin noise at >= this many pixels per cell of the finest lattice (32 cells), interpolate between.
+SAMPLES_PER_FINEST_CELL = 7
+
+
+def _noise_step(canvas: tuple[int, int]) -> int:
+    """Pixel step of the noise evaluation: 2 at the official 448² canvas (14 px cells), 1 below 224²."""
+    return max(1, min(canvas) // (2 ** (MAX_SCALE_EXPONENT - 1) * SAMPLES_PER_FINEST_CELL))
+
+
 DEFAULT_TEXTURE_CACHE_BYTES = 4 * 1024**3  # DTD (5,640 images) at 448² in uint8 is 3.4 GB
 
 
@@ -227,7 +236,8 @@ class CrrAnomalySynthesizer(nn.Module):
         for _ in range(self.max_retries):
             rows = pending.to(device, non_blocking=True)
             angles = torch.empty(len(pending), device=device).uniform_(-90.0, 90.0)
-            mask = (perlin_noise(scales[rows], height, width, canvas=canvas, angles=angles) > 0.5).float()
+            noise = perlin_noise(scales[rows], height, width, canvas=canvas, angles=angles, step=_noise_step(canvas))
+            mask = (noise > 0.5).float()
             mask = mask.unsqueeze(1)
             if foreground is not None:
                 mask = mask * foreground[rows]
@@ -243,7 +253,8 @@ class CrrAnomalySynthesizer(nn.Module):
         canvas = self._canvas(height, width)
         if len(self.textures):
             return _centre_crop(self.textures.draw(count, canvas, device), height, width)
-        noise = perlin_noise(random_perlin_scales(count).to(device), height, width, canvas=canvas)
+        scales = random_perlin_scales(count).to(device)
+        noise = perlin_noise(scales, height, width, canvas=canvas, step=_noise_step(canvas))
         return (noise * 0.5 + 0.25).clamp(0.0, 1.0).unsqueeze(1).expand(count, 3, height, width)
 
     def texture_source(self, height: int, width: int, device: torch.device) -> torch.Tensor:
