@@ -67,8 +67,8 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     For every tap ``(i, j)`` of the 3×3 kernel, ``y_ij = W[:, :, i, j] · x`` is a 1×1 convolution at the
     input resolution; upsampling commutes with it (it is linear and the same for every channel). The
     output is ``bias + Σ_ij shift_ij(up(y_ij))``, where the shift by ``(i − 1, j − 1)`` with zero fill
-    reproduces the convolution's zero padding. Upsampling is separable, so the nine maps are upsampled
-    along the width, summed over ``j`` and only then (three maps) upsampled along the height.
+    reproduces the convolution's zero padding. Upsampling is separable, so for each kernel row the three
+    maps are upsampled along the width, summed over ``j`` and only then upsampled along the height.
 
     Args:
         x: Input (B, C, h, w).
@@ -82,17 +82,18 @@ def upsample_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     batch, _, height, _ = x.shape
     out_channels = weight.shape[0]
     out_height, out_width = size
-    # (O, C, 3, 3) -> (3 * 3 * O, C, 1, 1), ordered (row tap, column tap, output channel).
-    taps = F.conv2d(x, weight.permute(2, 3, 0, 1).reshape(9 * out_channels, -1, 1, 1))
-    taps = F.interpolate(taps, size=(height, out_width), mode="bilinear", align_corners=True)
-    taps = F.pad(taps.view(batch, 3, 3, out_channels, height, out_width), (1, 1))
-    rows = taps[..., 0, :, :, 0:out_width] + taps[..., 1, :, :, 1 : out_width + 1] + taps[..., 2, :, :, 2:]
-    rows = F.interpolate(
-        rows.reshape(batch, 3 * out_channels, height, out_width), size=size, mode="bilinear", align_corners=True
-    )
-    rows = F.pad(rows.view(batch, 3, out_channels, out_height, out_width), (0, 0, 1, 1))
-    out = rows[:, 0, :, 0:out_height] + rows[:, 1, :, 1 : out_height + 1] + rows[:, 2, :, 2:]
-    return out + bias.view(1, -1, 1, 1)
+    out = bias.view(1, -1, 1, 1)
+    for row in range(3):  # one kernel row at a time keeps the large intermediates at 3 (not 9) maps
+        # (O, C, 3) -> (3 * O, C, 1, 1), ordered (column tap, output channel).
+        taps = F.conv2d(x, weight[:, :, row, :].permute(2, 0, 1).reshape(3 * out_channels, -1, 1, 1))
+        taps = F.interpolate(taps, size=(height, out_width), mode="bilinear", align_corners=True)
+        taps = F.pad(taps.view(batch, 3, out_channels, height, out_width), (1, 1))
+        summed = taps[:, 0, ..., 0:out_width] + taps[:, 1, ..., 1 : out_width + 1] + taps[:, 2, ..., 2:]
+        summed = F.interpolate(summed, size=size, mode="bilinear", align_corners=True)
+        # Output row p reads upsampled row p + row - 1 (zero outside), as the padded convolution does.
+        summed = F.pad(summed, (0, 0, 1, 1))[:, :, row : row + out_height]
+        out = out + summed
+    return out
 
 
 class CrrSegHead(nn.Module):
