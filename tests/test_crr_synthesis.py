@@ -56,7 +56,11 @@ def test_without_foreground_anomalies_also_land_on_the_background() -> None:
     images, objects = _discs(batch=16)
     synthetic = CrrAnomalySynthesizer()(images)
     assert float((synthetic.mask * (1 - objects)).sum()) > 0
-    assert tiny_crr()._foreground(None, images) is None
+    import inspect
+
+    from anomalib_crr import CRR
+
+    assert inspect.signature(CRR).parameters["foreground"].default is None  # the default keeps this behaviour
 
 
 def test_mask_folder_finds_mirrored_and_diffusionad_layouts(tmp_path: Path) -> None:
@@ -184,6 +188,19 @@ def test_batched_augmenter_draws_parameters_per_image() -> None:
     for op in AUGMENTATIONS:  # every op keeps shape and range on a sub-batch
         result = op(images[:3]).clamp(0, 1)
         assert result.shape == (3, 3, 24, 24)
+
+
+def test_sharpen_matches_pil_style_kornia_sharpness() -> None:
+    from kornia.enhance import sharpness
+
+    from anomalib_crr.models.crr.components.augmentation import sharpen
+
+    images = torch.rand(3, 3, 20, 20)
+    torch.manual_seed(5)
+    ours = sharpen(images).clamp(0, 1)
+    torch.manual_seed(5)
+    factors = torch.empty(3).uniform_(0.0, 2.0)
+    torch.testing.assert_close(ours, sharpness(images, factors))
 
 
 def test_textures_are_decoded_once_and_resized_to_the_canvas_before_the_crop(

@@ -52,14 +52,12 @@ def sharpen(x: torch.Tensor) -> torch.Tensor:
     """PIL-style sharpness, factor ∈ [0, 2] per image (``pillike.EnhanceSharpness``).
 
     Blends the image with PIL's 3×3 smoothing filter (weights 1, centre 5, /13; border pixels kept), as
-    kornia's ``sharpness`` does, but as one grouped convolution with a factor per image.
+    kornia's ``sharpness`` does, with a factor per image. The filter is ``(9·box3×3 + 4·x) / 13``, computed
+    with an average pool (much faster on CPUs than a depthwise convolution).
     """
-    channels = x.shape[1]
-    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(channels, 1, 3, 3)
+    box = F.avg_pool2d(x, 3, stride=1, padding=0)
     smooth = x.clone()
-    smooth[..., 1:-1, 1:-1] = F.conv2d(x, kernel, groups=channels)
+    smooth[..., 1:-1, 1:-1] = (9 * box + 4 * x[..., 1:-1, 1:-1]) / 13
     factor = _uniform(x.shape[0], 0.0, 2.0, x, 1, 1, 1)
     return torch.lerp(smooth, x, factor)
 
