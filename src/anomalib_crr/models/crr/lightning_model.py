@@ -94,9 +94,10 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         dtd_dir: Texture folder for synthesis (DTD layout); downloaded at fit start if missing. ``None``: Perlin-noise
             textures, no download.
         foreground: Where synthetic anomalies may land. ``None``: anywhere (textures); ``"auto"``: on a foreground
-            estimated from each image (difference to the border colour, Otsu threshold, morphological clean-up;
-            the whole image where the estimate is degenerate); a folder: per-image masks mirroring the dataset
-            tree (e.g. DiffusionAD's DIS masks), brought to the crop by the pre-processor's transform.
+            estimated from each image (difference to the border colour above the border's own noise level,
+            morphological clean-up; the whole image where the estimate is degenerate); a folder: per-image
+            masks mirroring the dataset tree (e.g. DiffusionAD's DIS masks), brought to the crop by the
+            pre-processor's transform.
         stage2_batch_size: Images of each batch that stage II trains the segmentation head on (the first ones of
             the shuffled batch; official: 8 while stage I uses 16). ``None``: the whole batch.
         lr: Peak stage-I learning rate (StableAdamW, warm-up then cosine).
