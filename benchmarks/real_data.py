@@ -1,40 +1,47 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""MFRNet vs PatchCore vs Reverse Distillation on a real industrial set, side by side, plus CPU inference time.
+"""MFRNet vs PatchCore vs PaDiM on a real industrial set (same frozen weights), plus MFRNet vs RD inference speed.
 
-Each model is trained and tested with anomalib's Engine on the same datamodule, image size and metric set
-(image AUROC, pixel AUROC, pixel AUPRO at FPR <= 30 %). The backbone is the offline ImageNet EfficientNet-Lite0
-(``shared/weights/tf_efficientnet_lite0.in1k.safetensors``) wherever the model accepts it:
+Accuracy: each model is trained and tested with anomalib's Engine on the same datamodule, image size and metric
+set (image AUROC, pixel AUROC, pixel AUPRO at FPR <= 30 %), for several seeds; the table gives mean and standard
+deviation over the seeds and the fit time. All three use the offline ImageNet EfficientNet-Lite0
+(``shared/weights/tf_efficientnet_lite0.in1k.safetensors``), inputs normalised with mean = std = 0.5:
 
-* MFRNet: ``tf_efficientnet_lite0`` with its default layers (blocks.1/2/4), the weights file, default restorer.
-* PatchCore: ``tf_efficientnet_lite0`` layers blocks.2/blocks.4 (strides 8/16, PatchCore's layer2/layer3
-  analogue), the same weights loaded into its extractor, inputs normalised with mean = std = 0.5.
-* Reverse Distillation: anomalib's RD only has decoders for ResNets, so it cannot take EfficientNet-Lite0; with
-  no offline ResNet weights it runs with a random-init ``resnet18`` encoder (``--rd-backbone``). Its numbers
-  therefore measure RD without its pretrained teacher and are not a fair accuracy comparison.
+* MFRNet: its defaults (``blocks.2`` + ``blocks.4`` on a stride-8 grid), the weights file, and the number of
+  epochs of ``configs/model/mfrnet.yaml``.
+* PatchCore: ``blocks.2`` + ``blocks.4`` (PatchCore's layer2 + layer3 analogue), coreset ratio ``--coreset``
+  (default 0.1 of the 90·32·32 ≈ 92 k patches at 256²).
+* PaDiM: ``blocks.1`` + ``blocks.2`` + ``blocks.4`` (PaDiM's layer1-3 analogue, 176 channels), 100 random features.
 
-The timing section builds MFRNet and RD on the *same* ResNet backbone (random init: weights do not change the
-cost) and times the torch models round-robin at batch 1 on CPU (median per image).
+Speed: MFRNet (current defaults, and the first release's defaults for reference) and anomalib's Reverse
+Distillation are built on the *same* ResNet backbone (random init: weights do not change the cost), in one
+process, and timed round-robin at batch 1 on the CPU (median per image); MACs per image are counted with
+``torch.utils.flop_counter.FlopCounterMode`` (MAC = FLOP / 2).
 
 Usage::
 
-    python benchmarks/real_data.py --dataset tire --epochs 10
-    python benchmarks/real_data.py --dataset mt --models MFRNet PatchCore --epochs 5
+    python benchmarks/real_data.py                       # tire, 3 seeds, accuracy + speed
+    python benchmarks/real_data.py --skip-accuracy --runs 15
+    python benchmarks/real_data.py --dataset mt --models MFRNet PatchCore --seeds 0
 
-Writes ``<output>/real_data_<dataset>.csv``/``.md`` and ``<output>/mfrnet_vs_rd_speed.csv``/``.md``.
+Writes ``<output>/real_data_<dataset>.csv``/``.md`` (mean ± std), ``real_data_<dataset>_runs.csv`` (every run)
+and ``<output>/mfrnet_vs_rd_speed.csv``/``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import count_parameters, interleaved_medians
@@ -46,7 +53,27 @@ DATASETS = {
     "mt": {"root": SHARED / "data" / "magnetic_tile" / "mt", "category": "mt"},
 }
 WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
-MODELS = ("MFRNet", "PatchCore", "ReverseDistillation")
+MODELS = ("MFRNet", "PatchCore", "Padim")
+MFRNET_CONFIG = ROOT / "configs" / "model" / "mfrnet.yaml"
+# The first release's defaults, for the "before" row of the cost table.
+FIRST_RELEASE = {
+    "feature_stride": 4,
+    "mask_cell_size": (2, 4, 8),
+    "partition": "random",
+    "stem_dim": 256,
+    "embed_dim": 512,
+    "depth": 8,
+    "num_heads": 8,
+    "patch_size": 4,
+    "residual": False,
+    "map_norm": "none",
+}
+FIRST_RELEASE_LAYERS = {"resnet18": ["layer1", "layer2", "layer3"], "wide_resnet50_2": ["layer1", "layer2", "layer3"]}
+
+
+def default_mfrnet_epochs() -> int:
+    """``trainer.max_epochs`` of the shipped default config."""
+    return int(yaml.safe_load(MFRNET_CONFIG.read_text())["trainer"]["max_epochs"])
 
 
 def _evaluator() -> Any:
@@ -61,7 +88,7 @@ def _evaluator() -> Any:
     )
 
 
-def build_datamodule(dataset: str, image_size: int, batch_size: int, num_workers: int) -> Any:
+def build_datamodule(dataset: str, batch_size: int, num_workers: int) -> Any:
     """MVTecAD for tire (PNG); Folder for magnetic tile (grayscale JPEG, converted to RGB by anomalib's reader)."""
     from anomalib.data import Folder, MVTecAD
 
@@ -86,15 +113,18 @@ def build_datamodule(dataset: str, image_size: int, batch_size: int, num_workers
     )
 
 
-def build_model(name: str, image_size: int, rd_backbone: str) -> tuple[Any, dict[str, Any]]:
-    """A model for the comparison and a description of its backbone."""
+def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """A model for the comparison and a description of its configuration."""
     from anomalib.pre_processing import PreProcessor
     from torchvision.transforms.v2 import Compose, Normalize, Resize
 
     from anomalib_crr import MFRNet
     from anomalib_crr.models.mfrnet.components import load_backbone_weights
 
-    size = (image_size, image_size)
+    size = (args.image_size, args.image_size)
+    lite_norm = PreProcessor(
+        transform=Compose([Resize(size, antialias=True), Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
+    )
     if name == "MFRNet":
         model = MFRNet(
             backbone="tf_efficientnet_lite0",
@@ -103,76 +133,120 @@ def build_model(name: str, image_size: int, rd_backbone: str) -> tuple[Any, dict
             pre_processor=MFRNet.configure_pre_processor(size),
             evaluator=_evaluator(),
         )
-        return model, {"backbone": "tf_efficientnet_lite0 (ImageNet, local file)"}
+        hp = model.hparams
+        config = (
+            f"defaults: {'+'.join(model.model.aggregator.layers)} stride {model.model.aggregator.feature_stride}, "
+            f"k={list(model.model.cell_sizes)}, restorer d{hp.stem_dim}/D{hp.embed_dim}/L{hp.depth}/p{hp.patch_size}"
+        )
+        return model, {"config": config, "epochs": args.mfrnet_epochs}
     if name == "PatchCore":
         from anomalib.models import Patchcore
 
-        lite_norm = Compose([Resize(size, antialias=True), Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
         model = Patchcore(
             backbone="tf_efficientnet_lite0",
             layers=("blocks.2", "blocks.4"),
             pre_trained=False,
-            pre_processor=PreProcessor(transform=lite_norm),
+            coreset_sampling_ratio=args.coreset,
+            pre_processor=lite_norm,
             evaluator=_evaluator(),
         )
         load_backbone_weights(model.model.feature_extractor.feature_extractor, WEIGHTS)
-        return model, {"backbone": "tf_efficientnet_lite0 (ImageNet, local file)"}
-    if name == "ReverseDistillation":
-        from anomalib.models import ReverseDistillation
+        return model, {"config": f"blocks.2+blocks.4, coreset {args.coreset}", "epochs": 1}
+    if name == "Padim":
+        from anomalib.models import Padim
 
-        imagenet = Compose([Resize(size, antialias=True), Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-        model = ReverseDistillation(
-            backbone=rd_backbone,
+        model = Padim(
+            backbone="tf_efficientnet_lite0",
+            layers=["blocks.1", "blocks.2", "blocks.4"],
             pre_trained=False,
-            pre_processor=PreProcessor(transform=imagenet),
+            n_features=100,
+            pre_processor=lite_norm,
             evaluator=_evaluator(),
         )
-        return model, {"backbone": f"{rd_backbone} (random init: RD has no EfficientNet decoder)"}
+        load_backbone_weights(model.model.feature_extractor.feature_extractor, WEIGHTS)
+        return model, {"config": "blocks.1+blocks.2+blocks.4, 100 random features", "epochs": 1}
     msg = f"Unknown model {name!r}; choose from {MODELS}"
     raise SystemExit(msg)
 
 
 def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Train and test every requested model; one result row per model."""
+    """Train and test every requested model for every seed; one row per run."""
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     rows = []
-    for name in args.models:
-        seed_everything(args.seed, workers=True)
-        model, info = build_model(name, args.image_size, args.rd_backbone)
-        datamodule = build_datamodule(args.dataset, args.image_size, args.batch_size, args.num_workers)
-        # PatchCore memorises features in one epoch; the trained models get --epochs.
-        epochs = 1 if name == "PatchCore" else args.epochs
-        engine = Engine(
-            default_root_dir=args.output / "runs",
-            max_epochs=epochs,
-            accelerator=args.accelerator,
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-        )
-        start = time.perf_counter()
-        engine.fit(model=model, datamodule=datamodule)
-        fit_s = time.perf_counter() - start
-        metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-        rows.append(
-            {
-                "model": name,
-                **info,
-                "epochs": epochs,
-                "image_AUROC": float(metrics["image_AUROC"]),
-                "pixel_AUROC": float(metrics["pixel_AUROC"]),
-                "pixel_AUPRO": float(metrics["pixel_AUPRO"]),
-                "trainable_params_M": count_parameters(model) / 1e6
-                if name == "PatchCore"
-                else sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-                "fit_s": fit_s,
-                "total_s": time.perf_counter() - start,
-            }
-        )
-        print(rows[-1], flush=True)
+    for seed in args.seeds:
+        for name in args.models:
+            seed_everything(seed, workers=True)
+            model, info = build_model(name, args)
+            datamodule = build_datamodule(args.dataset, args.batch_size, args.num_workers)
+            engine = Engine(
+                default_root_dir=args.output / "runs",
+                max_epochs=info["epochs"],
+                accelerator=args.accelerator,
+                devices=1,
+                logger=False,
+                enable_progress_bar=False,
+            )
+            load = os.getloadavg()[0]
+            start = time.perf_counter()
+            engine.fit(model=model, datamodule=datamodule)
+            fit_s = time.perf_counter() - start
+            metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+            rows.append(
+                {
+                    "model": name,
+                    "seed": seed,
+                    **info,
+                    "image_AUROC": float(metrics["image_AUROC"]),
+                    "pixel_AUROC": float(metrics["pixel_AUROC"]),
+                    "pixel_AUPRO": float(metrics["pixel_AUPRO"]),
+                    "fit_s": fit_s,
+                    "total_s": time.perf_counter() - start,
+                    "load_avg_1min_at_start": load,
+                }
+            )
+            print(rows[-1], flush=True)
     return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds, per model."""
+    summary = []
+    for name in dict.fromkeys(row["model"] for row in rows):
+        runs = [row for row in rows if row["model"] == name]
+        entry: dict[str, Any] = {"model": name, "config": runs[0]["config"], "epochs": runs[0]["epochs"]}
+        entry["seeds"] = " ".join(str(row["seed"]) for row in runs)
+        for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "fit_s"):
+            values = [row[key] for row in runs]
+            entry[f"{key}_mean"] = statistics.fmean(values)
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        summary.append(entry)
+    return summary
+
+
+def _typed(row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row with its numbers back as numbers."""
+    typed: dict[str, Any] = {}
+    for key, value in row.items():
+        try:
+            typed[key] = int(value)
+        except ValueError:
+            try:
+                typed[key] = float(value)
+            except ValueError:
+                typed[key] = value
+    return typed
+
+
+def count_macs(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Multiply-accumulates of one forward pass per image (FlopCounterMode: MAC = FLOP / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(images)
+    return counter.get_total_flops() / 2 / images.shape[0]
 
 
 def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -183,55 +257,69 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     from anomalib_crr.models.mfrnet import MFRNetModel
 
     torch.set_num_threads(args.threads)
-    images = torch.rand(1, 3, args.image_size, args.image_size)
+    size = (args.image_size, args.image_size)
+    images = torch.rand(1, 3, *size)
     rows = []
     for backbone in args.speed_backbones:
-        layers = ["layer1", "layer2", "layer3"]
-        mfrnet = MFRNetModel(backbone=backbone, pre_trained=False, image_size=(args.image_size,) * 2).eval()
+        mfrnet = MFRNetModel(backbone=backbone, pre_trained=False, image_size=size).eval()
+        first = MFRNetModel(
+            backbone=backbone,
+            layers=FIRST_RELEASE_LAYERS[backbone],
+            pre_trained=False,
+            image_size=size,
+            **FIRST_RELEASE,
+        ).eval()
         rd = ReverseDistillationModel(
             backbone=backbone,
-            input_size=(args.image_size, args.image_size),
-            layers=layers,
+            input_size=size,
+            layers=["layer1", "layer2", "layer3"],
             anomaly_map_mode=AnomalyMapGenerationMode.ADD,
             pre_trained=False,
-        )
-        rd.eval()
-        medians = interleaved_medians(
-            {"MFRNet": lambda m=mfrnet: m(images), "ReverseDistillation": lambda m=rd: m(images)},
-            runs=args.runs,
-            warmup=2,
-            synchronize=lambda: None,
-        )
-        rows.append(
-            {
-                "backbone": backbone,
-                "image_size": args.image_size,
-                "threads": args.threads,
-                "runs": args.runs,
-                "mfrnet_ms": medians["MFRNet"] * 1e3,
-                "rd_ms": medians["ReverseDistillation"] * 1e3,
-                "ratio": medians["MFRNet"] / medians["ReverseDistillation"],
-                "mfrnet_params_M": count_parameters(mfrnet) / 1e6,
-                "mfrnet_restorer_params_M": count_parameters(mfrnet.restorer) / 1e6,
-                "rd_params_M": count_parameters(rd) / 1e6,
-            }
-        )
-        print(rows[-1], flush=True)
+        ).eval()
+        candidates = {"MFRNet": lambda m=mfrnet: m(images), "ReverseDistillation": lambda m=rd: m(images)}
+        if args.time_first_release:
+            candidates["MFRNet_first_release"] = lambda m=first: m(images)
+        load = os.getloadavg()[0]
+        medians = interleaved_medians(candidates, runs=args.runs, warmup=2, synchronize=lambda: None)
+        row = {
+            "backbone": backbone,
+            "image_size": args.image_size,
+            "threads": args.threads,
+            "runs": args.runs,
+            "mfrnet_ms": medians["MFRNet"] * 1e3,
+            "rd_ms": medians["ReverseDistillation"] * 1e3,
+            "ratio": medians["MFRNet"] / medians["ReverseDistillation"],
+            "mfrnet_params_M": count_parameters(mfrnet) / 1e6,
+            "mfrnet_restorer_params_M": count_parameters(mfrnet.restorer) / 1e6,
+            "mfrnet_GMAC": count_macs(mfrnet, images) / 1e9,
+            "rd_params_M": count_parameters(rd) / 1e6,
+            "rd_GMAC": count_macs(rd, images) / 1e9,
+            "first_release_params_M": count_parameters(first) / 1e6,
+            "first_release_GMAC": count_macs(first, images) / 1e9,
+        }
+        if args.time_first_release:
+            row["first_release_ms"] = medians["MFRNet_first_release"] * 1e3
+        row["load_avg_1min_at_start"] = load
+        rows.append(row)
+        print(row, flush=True)
     return rows
 
 
-def _write(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+def _write(rows: list[dict[str, Any]], path: Path, title: str, notes: str = "") -> None:
     if not rows:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(key for row in rows for key in row))
     with path.with_suffix(".csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-    keys = list(rows[0])
     lines = [f"# {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+        cells = [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    if notes:
+        lines += ["", notes]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -241,31 +329,63 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="tire")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=10, help="epochs of MFRNet and RD (PatchCore needs one)")
+    parser.add_argument("--mfrnet-epochs", type=int, default=None, help="default: configs/model/mfrnet.yaml")
+    parser.add_argument("--coreset", type=float, default=0.1, help="PatchCore coreset sampling ratio")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--accelerator", default="auto")
-    parser.add_argument("--rd-backbone", default="resnet18")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-backbones", nargs="*", default=["resnet18", "wide_resnet50_2"])
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per model (speed section)")
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per model (speed section)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--time-first-release", action="store_true", help="also time the first release's MFRNet")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument(
+        "--from-runs",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="summarise these real_data_<dataset>_runs.csv files (e.g. one per seed, run in parallel) instead of "
+        "training",
+    )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    if args.mfrnet_epochs is None:
+        args.mfrnet_epochs = default_mfrnet_epochs()
     if not WEIGHTS.is_file():
         msg = f"EfficientNet-Lite0 weights not found at {WEIGHTS}"
         raise SystemExit(msg)
 
-    if not args.skip_accuracy:
+    if args.from_runs:
+        rows = [_typed(row) for path in args.from_runs for row in csv.DictReader(path.open())]
+        args.seeds = sorted({row["seed"] for row in rows})
+        args.mfrnet_epochs = next((row["epochs"] for row in rows if row["model"] == "MFRNet"), args.mfrnet_epochs)
+    elif not args.skip_accuracy:
         rows = run_accuracy(args)
-        title = f"{args.dataset}, {args.image_size}x{args.image_size}, MFRNet/RD {args.epochs} epochs"
-        _write(rows, args.output / f"real_data_{args.dataset}", title)
+    if args.from_runs or not args.skip_accuracy:
+        name = f"real_data_{args.dataset}"
+        _write(rows, args.output / f"{name}_runs", f"{args.dataset}, {args.image_size}², every run")
+        title = (
+            f"{args.dataset}, {args.image_size}x{args.image_size}, EfficientNet-Lite0 ImageNet weights, "
+            f"seeds {args.seeds}: mean and std over seeds"
+        )
+        notes = (
+            "CPU, 2 cores shared with other jobs: fit_s depends on the load (load_avg_1min_at_start in the "
+            f"_runs table). MFRNet epochs: {args.mfrnet_epochs}; PatchCore coreset ratio {args.coreset}."
+        )
+        _write(summarize(rows), args.output / name, title, notes)
     if args.speed_backbones:
         speed = run_speed(args)
-        title = f"CPU inference per image, batch 1, {args.threads} threads, {args.image_size}x{args.image_size}"
-        _write(speed, args.output / "mfrnet_vs_rd_speed", title)
+        title = (
+            f"CPU inference per image, batch 1, {args.threads} threads, {args.image_size}x{args.image_size}, "
+            f"median of {args.runs} round-robin runs"
+        )
+        notes = (
+            "Same backbone for both (random init). first_release_* = MFRNet's first-release defaults (layer1-3 on a "
+            "stride-4 grid, restorer d256/D512/L8, k = 2/4/8) on the same backbone."
+        )
+        _write(speed, args.output / "mfrnet_vs_rd_speed", title, notes)
 
 
 if __name__ == "__main__":

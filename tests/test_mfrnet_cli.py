@@ -151,7 +151,7 @@ def test_real_console_script_resolves_mfrnet(tmp_path: Path) -> None:
     start = next(i for i, line in enumerate(lines) if line.startswith(("seed_everything:", "model:", "trainer:")))
     config = yaml.safe_load("\n".join(lines[start:]))
     assert config["model"]["class_path"] == "anomalib_crr.MFRNet"
-    assert config["model"]["init_args"]["backbone"] == "vgg16"
+    assert config["model"]["init_args"]["backbone"] == "tf_efficientnet_lite0"
 
 
 def test_onnx_with_dynamic_input_size(tmp_path: Path) -> None:

@@ -11,10 +11,12 @@ from kornia.metrics import ssim
 
 from anomalib_crr.models.mfrnet import HybridLoss, MFRNetModel
 from anomalib_crr.models.mfrnet.components import (
+    LEGACY_LAYERS,
     MultiScaleFeatureAggregator,
     crossed_masks,
     fixed_masks,
     load_backbone_weights,
+    structured_masks,
 )
 
 from .helpers import SHARED_WEIGHTS, TINY_MFRNET
@@ -39,6 +41,34 @@ def test_crossed_masks_tile_the_map_cellwise_and_balanced(cell_size: int, num_ma
     assert int((sizes.amax(dim=1) - sizes.amin(dim=1)).max()) <= 1
     fraction = hidden.mean(dim=(2, 3))
     assert torch.allclose(fraction, torch.full_like(fraction, 1 / num_masks), atol=1 / cells[0, 0].numel() + 1e-6)
+
+
+@pytest.mark.parametrize("cell_size", [1, 2, 4, 8])
+@pytest.mark.parametrize("num_masks", [2, 3, 4])
+@pytest.mark.parametrize("randomize", [True, False])
+def test_structured_masks_tile_the_map_and_every_hidden_cell_has_visible_edge_neighbours(
+    cell_size: int, num_masks: int, randomize: bool
+) -> None:
+    hidden = structured_masks(4, (24, 48), cell_size, num_masks, randomize=randomize)
+    assert hidden.shape == (4, num_masks, 24, 48)
+    assert torch.equal(hidden.sum(dim=1), torch.ones(4, 24, 48))  # complementary
+    cells = hidden[..., ::cell_size, ::cell_size]
+    assert torch.equal(cells.repeat_interleave(cell_size, 2).repeat_interleave(cell_size, 3), hidden)
+    # no two edge-adjacent cells in the same subset: a hidden cell's four neighbours are visible in its copy
+    assert not (cells[..., 1:, :] * cells[..., :-1, :]).any()
+    assert not (cells[..., :, 1:] * cells[..., :, :-1]).any()
+    fraction = cells.mean(dim=(2, 3))
+    assert torch.allclose(fraction, torch.full_like(fraction, 1 / num_masks), atol=0.05)
+
+
+def test_structured_training_partitions_vary_and_the_test_partition_is_the_plain_diagonal() -> None:
+    torch.manual_seed(0)
+    hidden = structured_masks(16, (8, 8), 1, 3)
+    assert len({tuple(h.argmax(dim=0).flatten().tolist()) for h in hidden}) > 1  # offsets and directions vary
+    fixed = structured_masks(2, (6, 6), 2, 3, randomize=False)
+    rows, cols = torch.meshgrid(torch.arange(3), torch.arange(3), indexing="ij")
+    assert torch.equal(fixed[0].argmax(dim=0)[::2, ::2], (rows + cols) % 3)
+    assert torch.equal(fixed[0], fixed[1])
 
 
 def test_training_partitions_are_random_per_image_and_test_partitions_fixed() -> None:
@@ -67,7 +97,7 @@ class _CopyIndexRestorer(torch.nn.Module):
 def test_oracle_restorer_recombines_exactly_and_each_position_comes_from_its_hiding_copy() -> None:
     model = tiny_model()
     features = torch.randn(2, model.num_channels, 16, 16)
-    hidden = crossed_masks(2, (16, 16), 4, 3)
+    hidden = structured_masks(2, (16, 16), 4, 3)
     model.restorer = _CopyIndexRestorer(3, oracle=features)
     assert torch.equal(model.restore(features, hidden), features)
     model.restorer = _CopyIndexRestorer(3)
@@ -76,16 +106,24 @@ def test_oracle_restorer_recombines_exactly_and_each_position_comes_from_its_hid
     assert torch.equal(restored, expected)
 
 
-def test_changing_a_cell_does_not_change_its_own_restoration() -> None:
-    model = tiny_model().eval()
+@pytest.mark.parametrize("partition", ["structured", "random"])
+def test_changing_a_cell_does_not_change_its_own_restoration(partition: str) -> None:
+    model = tiny_model(partition=partition).eval()
+    _perturb_restorer(model)  # away from the zero-initialised residual: the learned path must not leak either
     features = torch.randn(1, model.num_channels, 16, 16)
-    hidden = fixed_masks((16, 16), 4, 3, seed=0)
+    hidden = model.test_masks((16, 16))[1]  # k = 4
     changed = features.clone()
     changed[..., 4:8, 8:12] += 10.0  # one 4x4 cell
     with torch.no_grad():
         before, after = model.restore(features, hidden), model.restore(changed, hidden)
     torch.testing.assert_close(after[..., 4:8, 8:12], before[..., 4:8, 8:12], rtol=0, atol=1e-5)
     assert (after - before).abs().amax() > 1e-3  # the change does reach other cells (context is used)
+
+
+def _perturb_restorer(model: MFRNetModel) -> None:
+    with torch.no_grad():
+        for parameter in model.restorer.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
 
 
 # ------------------------------------------------------------------ check 4: hybrid loss
@@ -110,9 +148,21 @@ def test_ssim_term_is_twice_kornias_ssim_loss() -> None:
 
 
 # ------------------------------------------------------------------ check 8: backbones and sizes
-@pytest.mark.parametrize(("backbone", "channels"), [("vgg16", 896), ("tf_efficientnet_lite0", 176), ("resnet18", 448)])
-def test_backbone_channels_at_64x64_for_256_input(backbone: str, channels: int) -> None:
+@pytest.mark.parametrize(("backbone", "channels"), [("vgg16", 1024), ("tf_efficientnet_lite0", 152), ("resnet18", 384)])
+def test_default_layers_give_a_stride_8_grid_for_256_input(backbone: str, channels: int) -> None:
     aggregator = MultiScaleFeatureAggregator(backbone=backbone, pre_trained=False)
+    with torch.no_grad():
+        features = aggregator(torch.rand(1, 3, 256, 256))
+    assert aggregator.layer_strides == (8, 16)
+    assert aggregator.feature_stride == 8  # the finest selected layer's stride
+    assert features.shape == (1, channels, 32, 32)
+
+
+@pytest.mark.parametrize(("backbone", "channels"), [("vgg16", 896), ("tf_efficientnet_lite0", 176)])
+def test_first_release_layers_at_stride_4_still_build(backbone: str, channels: int) -> None:
+    aggregator = MultiScaleFeatureAggregator(
+        backbone=backbone, layers=LEGACY_LAYERS[backbone], pre_trained=False, feature_stride=4
+    )
     with torch.no_grad():
         features = aggregator(torch.rand(1, 3, 256, 256))
     assert features.shape == (1, channels, 64, 64)
@@ -137,15 +187,15 @@ def test_unknown_backbone_and_layer_are_named() -> None:
 
 
 def test_sizes_not_divisible_by_cell_or_patch_size_are_rejected() -> None:
-    with pytest.raises(ValueError, match=r"72x72 input.*not divisible by mask_cell_size \[4\]"):
-        tiny_model(image_size=(72, 72))  # 18x18 features: k=2 fits, k=4 does not
+    with pytest.raises(ValueError, match=r"80x80 input.*not divisible by mask_cell_size \[4\]"):
+        tiny_model(image_size=(80, 80))  # 10x10 features: k=2 fits, k=4 does not
     with pytest.raises(ValueError, match="patch_size"):
-        tiny_model(image_size=(72, 72), mask_cell_size=[2], patch_size=4)
-    with pytest.raises(ValueError, match="not divisible by feature_stride 4"):
-        tiny_model(image_size=(66, 66))
+        tiny_model(image_size=(80, 80), mask_cell_size=[2], patch_size=4)
+    with pytest.raises(ValueError, match="not divisible by feature_stride 8"):
+        tiny_model(image_size=(68, 68))
     model = tiny_model().eval()
     with pytest.raises(ValueError, match="not divisible by mask_cell_size"):
-        model(torch.rand(1, 3, 40, 40))  # 10x10 features at run time
+        model(torch.rand(1, 3, 48, 48))  # 6x6 features at run time
 
 
 # ------------------------------------------------------------------ check 9: offline builds, weights files

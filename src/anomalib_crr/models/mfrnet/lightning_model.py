@@ -17,14 +17,15 @@ Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from anomalib_crr import MFRNet
-    >>> model = MFRNet(backbone="vgg16")
-    >>> Engine(max_epochs=200).fit(model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
+    >>> model = MFRNet()  # EfficientNet-Lite0 blocks.2 + blocks.4 on a stride-8 grid, residual restorer
+    >>> Engine(max_epochs=30).fit(model, datamodule=MVTecAD(category="bottle"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,44 +44,87 @@ from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .anomaly_map import ScoreMode
-from .components import FeatureNorm
-from .torch_model import MFRNetModel
+from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm
+from .torch_model import MapNorm, MFRNetModel, Partition
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = (256, 256)
 
+# Hyper-parameters that shape the state dict or the scores. A checkpoint whose values differ from the model it is
+# loaded into fails with a message naming them, instead of PyTorch's list of mismatched tensors.
+ARCHITECTURE_KEYS = (
+    "backbone",
+    "layers",
+    "feature_stride",
+    "stem_dim",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "patch_size",
+    "residual",
+    "mask_cell_size",
+)
+
+# The first release (no ``residual`` hyper-parameter in its checkpoints): what its hyper-parameters meant.
+LEGACY_HPARAMS: dict[str, Any] = {
+    "partition": "random",
+    "residual": False,
+    "map_norm": "none",
+    "cache_features": False,
+}
+
 
 class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     """MFRNet Lightning module.
 
+    Defaults are the best configuration measured on MVTec 3D-AD ``tire`` (see the model README's ablation
+    table): EfficientNet-Lite0 ``blocks.2`` + ``blocks.4`` on a stride-8 grid, structured crossed masks with
+    k ∈ {2, 4}, a small residual restorer on top of a visible-neighbour inpainting, per-k map normalisation.
+    ``configs/model/mfrnet_paper.yaml`` holds the paper-scale configuration (VGG16, large restorer, 200 epochs).
+
     Args:
-        backbone: timm CNN: ``vgg16`` (default), ``tf_efficientnet_lite0``, ``resnet18``, ``wide_resnet50_2``, or any
-            timm CNN together with ``layers``.
-        layers: timm ``feature_info`` module names; ``None`` = the backbone's default list.
+        backbone: timm CNN: ``tf_efficientnet_lite0`` (default), ``vgg16``, ``resnet18``, ``wide_resnet50_2``, or
+            any timm CNN together with ``layers``.
+        layers: timm ``feature_info`` module names; ``None`` = the backbone's default list (its stride-8 and
+            stride-16 stages).
         pre_trained: Download the backbone's ImageNet weights with timm.
         weights_path: Local timm-format ``.pth``/``.safetensors`` backbone weights (for offline use); overrides
             ``pre_trained``.
-        feature_stride: Input pixels per feature position (4: 64x64 features at 256x256).
+        feature_stride: Input pixels per feature position; ``None`` = the finest stride among ``layers``.
         feature_norm: ``"channel_zscore"`` (training-set statistics, stored in the checkpoint) or ``"none"``.
         mask_cell_size: Side(s) ``k`` of a mask cell, in feature positions.
         num_masks: Number ``n`` of complementary masks.
-        mask_seed: Seed of the fixed test-time partitions.
+        mask_seed: Seed of the fixed test-time partitions (``partition="random"``).
+        partition: ``"structured"`` (``(i ± j + offset) mod n``: every hidden cell has visible edge neighbours) or
+            ``"random"`` (a uniformly random split, the first release's behaviour).
         stem_dim: Restorer stem/head width.
         embed_dim: Restorer transformer width.
         depth: Restorer transformer blocks.
         num_heads: Attention heads.
         mlp_ratio: Feed-forward expansion of the hybrid blocks.
         patch_size: Restorer token size in feature positions.
+        residual: The restorer predicts a correction to a parameter-free visible-neighbour inpainting (its last
+            layer starts at zero, so training starts from that inpainting).
+        inpaint_sigma: σ of the inpainting's Gaussian, in feature positions.
         lambda_pix: Weight of the MSE term (training and map).
         lambda_ssim: Weight of the (1 − SSIM) term (training and map).
         ssim_window: SSIM window size.
-        ssim_data_range: SSIM dynamic range ``L`` (1 for z-scored features).
+        ssim_data_range: SSIM dynamic range ``L``.
+        map_norm: ``"train_mean"``: each k's map is divided by its mean over the normal training images (computed
+            before every validation and at the end of training, stored in the checkpoint); ``"none"``.
         blur_sigma: σ of the Gaussian smoothing of the upsampled map.
         score_mode: ``"max"`` (default) or ``"top1_mean"``.
-        lr: Adam learning rate.
+        lr: Adam peak learning rate.
         weight_decay: Adam weight decay.
-        lr_decay_at: Fraction of the training after which the learning rate drops ×0.1.
+        warmup_fraction: Fraction of the optimizer steps with a linear warm-up to ``lr``.
+        final_lr_ratio: Learning rate at the last step, relative to ``lr`` (cosine decay in between).
+        lr_decay_at: Legacy step schedule: when set, ×0.1 after this fraction of the steps instead of warm-up +
+            cosine. Both schedules count optimizer steps (``trainer.estimated_stepping_batches``), so they are
+            correct for any ``max_epochs``/``max_steps``.
+        cache_features: Keep each training image's frozen features in memory after the first epoch (only when the
+            training set has no augmentation, so the features cannot change).
         pre_processor: Pre-processor; it must resize only (no ``Normalize``: the backbone's normalisation is applied
             inside the model).
         post_processor: Post-processor.
@@ -90,30 +134,37 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
     def __init__(
         self,
-        backbone: str = "vgg16",
+        backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         weights_path: str | Path | None = None,
-        feature_stride: int = 4,
+        feature_stride: int | None = None,
         feature_norm: FeatureNorm | str = FeatureNorm.CHANNEL_ZSCORE,
-        mask_cell_size: int | Sequence[int] = (2, 4, 8),
+        mask_cell_size: int | Sequence[int] = (2,),
         num_masks: int = 3,
         mask_seed: int = 0,
-        stem_dim: int = 256,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 8,
+        partition: Partition | str = Partition.STRUCTURED,
+        stem_dim: int = 32,
+        embed_dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
         mlp_ratio: float = 4.0,
         patch_size: int = 4,
+        residual: bool = True,
+        inpaint_sigma: float = 1.0,
         lambda_pix: float = 1.0,
         lambda_ssim: float = 1.0,
         ssim_window: int = 11,
         ssim_data_range: float = 1.0,
+        map_norm: MapNorm | str = MapNorm.TRAIN_MEAN,
         blur_sigma: float = 4.0,
         score_mode: ScoreMode | str = ScoreMode.MAX,
-        lr: float = 1e-4,
+        lr: float = 3e-4,
         weight_decay: float = 1e-5,
-        lr_decay_at: float = 0.8,
+        warmup_fraction: float = 0.05,
+        final_lr_ratio: float = 0.01,
+        lr_decay_at: float | None = None,
+        cache_features: bool = True,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -125,6 +176,15 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
+        if not 0 <= warmup_fraction < 1:
+            msg = f"warmup_fraction must be in [0, 1), got {warmup_fraction}"
+            raise ValueError(msg)
+        if not 0 <= final_lr_ratio <= 1:
+            msg = f"final_lr_ratio must be in [0, 1], got {final_lr_ratio}"
+            raise ValueError(msg)
+        if lr_decay_at is not None and not 0 < lr_decay_at <= 1:
+            msg = f"lr_decay_at must be in (0, 1] or None, got {lr_decay_at}"
+            raise ValueError(msg)
         image_size = self._check_pre_processor()
         self.model: MFRNetModel = MFRNetModel(
             backbone=backbone,
@@ -136,6 +196,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             mask_cell_size=mask_cell_size,
             num_masks=num_masks,
             mask_seed=mask_seed,
+            partition=partition,
             image_size=image_size,
             stem_dim=stem_dim,
             embed_dim=embed_dim,
@@ -143,14 +204,21 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             patch_size=patch_size,
+            residual=residual,
+            inpaint_sigma=inpaint_sigma,
             lambda_pix=lambda_pix,
             lambda_ssim=lambda_ssim,
             ssim_window=ssim_window,
             ssim_data_range=ssim_data_range,
+            map_norm=map_norm,
             blur_sigma=blur_sigma,
             score_mode=score_mode,
         )
-        self.lr, self.weight_decay, self.lr_decay_at = lr, weight_decay, lr_decay_at
+        self.lr, self.weight_decay = lr, weight_decay
+        self.warmup_fraction, self.final_lr_ratio, self.lr_decay_at = warmup_fraction, final_lr_ratio, lr_decay_at
+        self.cache_features = cache_features
+        self._feature_cache: dict[str, torch.Tensor] = {}
+        self._map_stats_step = -1
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -176,14 +244,70 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Enums that may appear in saved hyper-parameters."""
-        return (FeatureNorm, ScoreMode)
+        return (FeatureNorm, ScoreMode, Partition, MapNorm)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> MFRNet:  # type: ignore[override]
-        """Rebuild from a checkpoint without downloading or reading backbone weights: the checkpoint holds them."""
+        """Rebuild from a checkpoint without downloading or reading backbone weights: the checkpoint holds them.
+
+        Checkpoints of the first release (before the residual restorer) are rebuilt with that release's meaning of
+        their hyper-parameters (stride-4 default layers, random partitions, plain restorer), so they load unchanged.
+        """
         kwargs.setdefault("pre_trained", False)
         kwargs.setdefault("weights_path", None)
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        for key, value in legacy_overrides(checkpoint.get("hyper_parameters", {})).items():
+            kwargs.setdefault(key, value)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fail with the names of the hyper-parameters that differ, and fill buffers older checkpoints lack.
+
+        ``anomalib test/predict --ckpt_path`` builds the model from the CLI/config and then loads only the state
+        dict; a mismatch would otherwise surface as a list of tensor shapes.
+        """
+        saved = dict(checkpoint.get("hyper_parameters", {}))
+        saved.update(legacy_overrides(saved))
+        mismatched = []
+        for key in ARCHITECTURE_KEYS:
+            if key not in saved:
+                continue
+            theirs, ours = self._resolved(key, saved), self._effective(key)
+            if key == "mask_cell_size" and isinstance(theirs, int):
+                theirs = (theirs,)
+            if theirs is None and key == "feature_stride":
+                continue  # derived from the layers, which are compared
+            if theirs != ours:
+                mismatched.append(f"{key}: checkpoint {theirs!r}, this model {ours!r}")
+        if mismatched:
+            msg = (
+                "The checkpoint was trained with other MFRNet hyper-parameters: " + "; ".join(mismatched) + ". "
+                "Load it with MFRNet.load_from_checkpoint(path), or pass the same values (e.g. --config of the "
+                "training run's config.yaml)."
+            )
+            raise ValueError(msg)
+        state = checkpoint.get("state_dict", {})
+        for name, buffer in (("map_scale", self.model.map_scale), ("map_stats_ready", self.model.map_stats_ready)):
+            state.setdefault(f"model.{name}", buffer.detach().clone())
+
+    def _resolved(self, key: str, hparams: dict[str, Any]) -> Any:
+        """A checkpoint hyper-parameter's effective value (``None`` layers resolved, sequences as tuples)."""
+        value = hparams.get(key)
+        if key == "layers" and value is None:
+            return tuple(DEFAULT_LAYERS.get(hparams.get("backbone", "tf_efficientnet_lite0"), ()))
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return tuple(value)
+        return value
+
+    def _effective(self, key: str) -> Any:
+        """This model's effective value of an architecture hyper-parameter."""
+        if key == "layers":
+            return tuple(self.model.aggregator.layers)
+        if key == "feature_stride":
+            return self.model.aggregator.feature_stride
+        if key == "mask_cell_size":
+            return self.model.cell_sizes
+        return self._resolved(key, dict(self.hparams))
 
     @property
     def learning_type(self) -> LearningType:
@@ -196,24 +320,28 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
-        """Adam on the restorer; learning rate ×0.1 after ``lr_decay_at`` of the epochs (or steps)."""
+        """Adam on the restorer; a per-step schedule over the whole run (any ``max_epochs`` or ``max_steps``)."""
         optimizer = torch.optim.Adam(self.model.restorer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        max_epochs = self.trainer.max_epochs if self.trainer is not None else None
-        max_steps = self.trainer.max_steps if self.trainer is not None else -1
-        if max_steps is not None and max_steps > 0:
-            milestone, interval = max(1, int(self.lr_decay_at * max_steps)), "step"
-        else:
-            milestone, interval = max(1, int(self.lr_decay_at * (max_epochs or 200))), "epoch"
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=0.1)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        total = int(self.trainer.estimated_stepping_batches) if self.trainer is not None else 1
+        factor = lr_factor_schedule(total, self.warmup_fraction, self.final_lr_ratio, self.lr_decay_at)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
         """Compute the per-channel feature statistics once, before the first step (kept when resuming)."""
+        self._feature_cache.clear()
         aggregator = self.model.aggregator
         if aggregator.feature_norm is FeatureNorm.NONE or bool(aggregator.stats_ready):
             return
         self.compute_feature_statistics(self.trainer.train_dataloader)
+
+    def _images(self, batch: Batch) -> torch.Tensor:
+        """A raw dataloader batch's images, through the pre-processor's transform (hooks outside the batch loop)."""
+        images = batch.image.to(self.device)
+        if isinstance(self.pre_processor, PreProcessor) and self.pre_processor.transform is not None:
+            images = self.pre_processor.transform(images)
+        return images
 
     @torch.no_grad()
     def compute_feature_statistics(self, dataloader: Any) -> None:
@@ -228,10 +356,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         total_sq = torch.zeros_like(total)
         count = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in dataloader:
-            images = batch.image.to(self.device)
-            if isinstance(self.pre_processor, PreProcessor) and self.pre_processor.transform is not None:
-                images = self.pre_processor.transform(images)
-            features = aggregator.raw_features(images).double()
+            features = aggregator.raw_features(self._images(batch)).double()
             total += features.sum(dim=(0, 2, 3))
             total_sq += features.pow(2).sum(dim=(0, 2, 3))
             count += features.shape[0] * features.shape[2] * features.shape[3]
@@ -247,16 +372,120 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         aggregator.set_statistics(mean.float(), variance.sqrt().float())
         logger.info("MFRNet feature statistics from %d positions", int(count))
 
+    def _can_cache(self) -> bool:
+        """Features of a training image are fixed when nothing random happens to it before the backbone."""
+        if not self.cache_features or self.trainer is None:
+            return False
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        return dataset is not None and getattr(dataset, "augmentations", "unknown") is None
+
+    def _training_features(self, batch: Batch) -> torch.Tensor:
+        """Standardised features of a training batch, from the cache when every image in it is cached."""
+        paths = getattr(batch, "image_path", None)
+        if not self._can_cache() or paths is None or len(paths) != batch.image.shape[0]:
+            return self.model.aggregator(batch.image)
+        if all(path in self._feature_cache for path in paths):
+            return torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
+        features = self.model.aggregator(batch.image)
+        for path, feature in zip(paths, features, strict=True):
+            self._feature_cache[path] = feature.detach()
+        return features
+
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Restore randomly masked features and return the hybrid loss."""
         del args, kwargs
-        features, restored = self.model(batch.image)
-        loss = self.model.loss(features, restored)
+        features = self._training_features(batch)
+        feature_size = (features.shape[-2], features.shape[-1])
+        hidden = self.model.train_masks(features.shape[0], feature_size, features.device)
+        loss = self.model.loss(features, self.model.restore(features, hidden))
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch.image.shape[0])
         return {"loss": loss}
+
+    # ------------------------------------------------------------------ per-k map statistics
+    @torch.no_grad()
+    def compute_map_statistics(self, dataloader: Any) -> None:
+        """Each k's mean test-partition discrepancy over the training images (for ``map_norm="train_mean"``)."""
+        was_training = self.model.training
+        self.model.eval()
+        total = torch.zeros(len(self.model.cell_sizes), dtype=torch.float64, device=self.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in dataloader:
+            paths = getattr(batch, "image_path", None)
+            if self._can_cache() and paths is not None and all(path in self._feature_cache for path in paths):
+                features = torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
+            else:
+                features = self.model.aggregator(self._images(batch))
+            per_k = self.model.discrepancy_per_k(features).double()
+            total += per_k.mean(dim=(2, 3)).sum(dim=1)
+            count += per_k.shape[1]
+        if self.trainer is not None and self.trainer.world_size > 1:
+            total, count = (self.trainer.strategy.reduce(t, reduce_op="sum") for t in (total, count))
+        if count > 0:
+            self.model.set_map_statistics((total / count).float())
+        self.model.train(was_training)
+
+    def on_validation_epoch_start(self) -> None:
+        """Validation scores (and the post-processor's thresholds) use the current restorer's map statistics."""
+        if self.trainer is not None and self.trainer.state.fn == "fit":
+            self._refresh_map_statistics()
+
+    def on_train_epoch_end(self) -> None:
+        """Map statistics of the final restorer, before the checkpoint callback saves it."""
+        self._refresh_map_statistics()
+
+    def _refresh_map_statistics(self) -> None:
+        """Recompute the per-k means if the restorer changed since the last computation (during ``fit`` only)."""
+        if self.model.map_norm is MapNorm.NONE or self.trainer is None or self.trainer.train_dataloader is None:
+            return
+        if self._map_stats_step == self.global_step and bool(self.model.map_stats_ready):
+            return
+        self.compute_map_statistics(self.trainer.train_dataloader)
+        self._map_stats_step = self.global_step
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict scores and maps for the validation batch."""
         del args, kwargs
         predictions = self.model(batch.image)
         return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
+
+
+def lr_factor_schedule(
+    total_steps: int,
+    warmup_fraction: float,
+    final_ratio: float,
+    decay_at: float | None = None,
+) -> Callable[[int], float]:
+    """Learning-rate factor per optimizer step for ``LambdaLR``.
+
+    Warm-up + cosine: linear from ``1/warmup`` to 1 over the first ``warmup_fraction`` of the steps, then cosine to
+    exactly ``final_ratio`` at the last step (``total_steps - 1``). Legacy (``decay_at``): 1, then 0.1 from step
+    ``round(decay_at · total)``. Counting steps (not epochs) keeps both right for any run length.
+    """
+    total_steps = max(1, int(total_steps))
+    if decay_at is not None:
+        milestone = max(1, round(decay_at * total_steps))
+        return lambda step: 1.0 if step < milestone else 0.1
+    warmup = min(int(warmup_fraction * total_steps), total_steps - 1)
+    decay_steps = total_steps - 1 - warmup  # the last step, total_steps - 1, ends the decay
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / decay_steps) if decay_steps > 0 else 1.0
+        return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def legacy_overrides(hparams: dict[str, Any]) -> dict[str, Any]:
+    """What a first-release checkpoint's hyper-parameters meant (empty for current checkpoints).
+
+    The first release had no ``residual`` hyper-parameter; its ``layers=None`` meant the stride-4 layer lists and
+    ``feature_stride`` was always set explicitly.
+    """
+    if not hparams or "residual" in hparams:
+        return {}
+    overrides = dict(LEGACY_HPARAMS)
+    if hparams.get("layers") is None:
+        overrides["layers"] = list(LEGACY_LAYERS.get(hparams.get("backbone", "vgg16"), ()))
+    return overrides

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 
 import torch
@@ -20,8 +22,25 @@ from .components import (
     check_divisible,
     crossed_masks,
     fixed_masks,
+    structured_masks,
 )
 from .loss import HybridLoss
+
+logger = logging.getLogger(__name__)
+
+
+class Partition(str, Enum):
+    """How the cells are split into the ``n`` complementary masks."""
+
+    STRUCTURED = "structured"  # (i ± j + offset) mod n: every hidden cell has visible edge neighbours
+    RANDOM = "random"  # a uniformly random balanced split (RIAD; the first release's default)
+
+
+class MapNorm(str, Enum):
+    """How the per-``k`` maps are weighted before averaging."""
+
+    TRAIN_MEAN = "train_mean"  # divide each k's map by its mean over the normal training images
+    NONE = "none"  # plain average (the largest-error k dominates)
 
 
 def as_cell_sizes(mask_cell_size: int | Sequence[int]) -> tuple[int, ...]:
@@ -37,16 +56,17 @@ class MFRNetModel(nn.Module):
     """MFRNet: restore every feature position from context and score the hybrid discrepancy.
 
     Args:
-        backbone: timm CNN (``vgg16`` default; ``tf_efficientnet_lite0``, ``resnet18``, ``wide_resnet50_2`` have
+        backbone: timm CNN (``tf_efficientnet_lite0`` default; ``vgg16``, ``resnet18``, ``wide_resnet50_2`` have
             default layers; others need ``layers``).
         layers: timm ``feature_info`` module names to aggregate.
         pre_trained: Download ImageNet weights for the backbone.
         weights_path: Local timm-format backbone weights (overrides ``pre_trained``).
-        feature_stride: Input pixels per feature position.
+        feature_stride: Input pixels per feature position (``None``: the finest stride among ``layers``).
         feature_norm: ``"channel_zscore"`` or ``"none"``.
         mask_cell_size: Cell side(s) ``k`` in feature positions; training samples one per batch, test averages all.
         num_masks: Number ``n`` of complementary masks.
-        mask_seed: Seed of the fixed test partitions.
+        mask_seed: Seed of the fixed test partitions (``partition="random"`` only).
+        partition: ``"structured"`` (diagonal, every hidden cell has visible edge neighbours) or ``"random"``.
         image_size: Input size the pre-processor produces; validated here, so a size that does not tile fails early.
         stem_dim: Restorer stem/head width ``d``.
         embed_dim: Restorer transformer width ``D``.
@@ -54,36 +74,43 @@ class MFRNetModel(nn.Module):
         num_heads: Attention heads.
         mlp_ratio: Feed-forward expansion.
         patch_size: Restorer token size ``p`` in feature positions.
+        residual: The restorer predicts a correction to a parameter-free visible-neighbour inpainting.
+        inpaint_sigma: σ of that inpainting, in feature positions.
         lambda_pix: Weight of the MSE term.
         lambda_ssim: Weight of the (1 − SSIM) term.
         ssim_window: SSIM Gaussian window size.
         ssim_data_range: SSIM dynamic range ``L``.
+        map_norm: ``"train_mean"`` (each k's map divided by its mean on the training images) or ``"none"``.
         blur_sigma: σ of the Gaussian on the upsampled map (0: none).
         score_mode: ``"max"`` or ``"top1_mean"``.
     """
 
     def __init__(
         self,
-        backbone: str = "vgg16",
+        backbone: str = "tf_efficientnet_lite0",
         layers: Sequence[str] | None = None,
         pre_trained: bool = True,
         weights_path: str | Path | None = None,
-        feature_stride: int = 4,
+        feature_stride: int | None = None,
         feature_norm: FeatureNorm | str = FeatureNorm.CHANNEL_ZSCORE,
-        mask_cell_size: int | Sequence[int] = (2, 4, 8),
+        mask_cell_size: int | Sequence[int] = (2,),
         num_masks: int = 3,
         mask_seed: int = 0,
+        partition: Partition | str = Partition.STRUCTURED,
         image_size: tuple[int, int] = (256, 256),
-        stem_dim: int = 256,
-        embed_dim: int = 512,
-        depth: int = 8,
-        num_heads: int = 8,
+        stem_dim: int = 32,
+        embed_dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
         mlp_ratio: float = 4.0,
         patch_size: int = 4,
+        residual: bool = True,
+        inpaint_sigma: float = 1.0,
         lambda_pix: float = 1.0,
         lambda_ssim: float = 1.0,
         ssim_window: int = 11,
         ssim_data_range: float = 1.0,
+        map_norm: MapNorm | str = MapNorm.TRAIN_MEAN,
         blur_sigma: float = 4.0,
         score_mode: ScoreMode | str = ScoreMode.MAX,
     ) -> None:
@@ -94,6 +121,8 @@ class MFRNetModel(nn.Module):
         self.cell_sizes = as_cell_sizes(mask_cell_size)
         self.num_masks = num_masks
         self.mask_seed = mask_seed
+        self.partition = Partition(partition)
+        self.map_norm = MapNorm(map_norm)
         self.patch_size = patch_size
         self.aggregator = MultiScaleFeatureAggregator(
             backbone=backbone,
@@ -104,6 +133,15 @@ class MFRNetModel(nn.Module):
             feature_norm=feature_norm,
         )
         self.check_input_size(tuple(image_size))
+        coarsest = max(self.aggregator.layer_strides)
+        if min(self.cell_sizes) * self.aggregator.feature_stride < coarsest:
+            logger.warning(
+                "mask_cell_size %s x feature_stride %d is smaller than the coarsest layer stride %d: hidden cells of "
+                "that layer are mostly interpolated from their neighbours, which can regenerate anomalies.",
+                list(self.cell_sizes),
+                self.aggregator.feature_stride,
+                coarsest,
+            )
         self.restorer = MfrRestorer(
             in_channels=self.aggregator.num_channels,
             stem_dim=stem_dim,
@@ -112,9 +150,14 @@ class MFRNetModel(nn.Module):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             patch_size=patch_size,
+            residual=residual,
+            inpaint_sigma=inpaint_sigma,
         )
         self.loss = HybridLoss(lambda_pix, lambda_ssim, window_size=ssim_window, data_range=ssim_data_range)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_mode=score_mode)
+        # Mean test-partition discrepancy of each k over the normal training images; in the checkpoint.
+        self.register_buffer("map_scale", torch.ones(len(self.cell_sizes)))
+        self.register_buffer("map_stats_ready", torch.tensor(False))
 
     @property
     def num_channels(self) -> int:
@@ -143,8 +186,17 @@ class MFRNetModel(nn.Module):
         return feature_size
 
     def test_masks(self, feature_size: tuple[int, int]) -> list[torch.Tensor]:
-        """Hidden masks of the fixed test partitions, one ``(1, n, h, w)`` tensor per cell size (cached, CPU)."""
+        """Hidden masks of the fixed test partitions, one ``(1, n, h, w)`` tensor per cell size."""
+        if self.partition is Partition.STRUCTURED:
+            return [structured_masks(1, feature_size, k, self.num_masks, randomize=False) for k in self.cell_sizes]
         return [fixed_masks(feature_size, k, self.num_masks, self.mask_seed) for k in self.cell_sizes]
+
+    def train_masks(self, batch_size: int, feature_size: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Random hidden masks for one training batch: one ``k`` per batch, a fresh partition per image."""
+        cell_size = self.cell_sizes[int(torch.randint(len(self.cell_sizes), (1,)).item())]
+        if self.partition is Partition.STRUCTURED:
+            return structured_masks(batch_size, feature_size, cell_size, self.num_masks, device=device)
+        return crossed_masks(batch_size, feature_size, cell_size, self.num_masks, device=device)
 
     def restore(self, features: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Parallel restorations recombined: ``F̂ = Σ_i R([F ⊙ M_i; M_i]) ⊙ (1 − M_i)``.
@@ -162,25 +214,44 @@ class MFRNetModel(nn.Module):
         restored = self.restorer(copies, visible.flatten(0, 1)).view(batch, num_masks, *features.shape[1:])
         return (restored * hidden.to(restored.dtype).unsqueeze(2)).sum(dim=1)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | InferenceBatch:
-        """Training: ``(features, restored)`` for the loss, with random masks. Eval: ``InferenceBatch``.
+    def discrepancy_per_k(self, features: torch.Tensor) -> torch.Tensor:
+        """Hybrid discrepancy under each fixed test partition, before normalisation: ``(K, B, h, w)``.
 
-        In training, one cell size is drawn per batch and every image gets its own random partition.
+        All ``K·n`` masked copies of the batch go through the restorer in one call (one large matrix product is
+        faster than ``K`` small ones at batch 1 on a CPU).
         """
+        feature_size = (features.shape[-2], features.shape[-1])
+        batch = features.shape[0]
+        hidden = torch.cat(
+            [m.to(features.device).expand(batch, -1, -1, -1) for m in self.test_masks(feature_size)], dim=0
+        )
+        repeated = features.repeat(len(self.cell_sizes), 1, 1, 1)
+        restored = self.restore(repeated, hidden)
+        return self.loss.per_position(repeated, restored).view(len(self.cell_sizes), batch, *feature_size)
+
+    def combine(self, per_k: torch.Tensor) -> torch.Tensor:
+        """Average the per-k maps, each divided by its training-image mean when ``map_norm="train_mean"``."""
+        if self.map_norm is MapNorm.TRAIN_MEAN:
+            per_k = per_k / self.map_scale.to(per_k.dtype).view(-1, 1, 1, 1)
+        return per_k.mean(dim=0)
+
+    @torch.no_grad()
+    def set_map_statistics(self, mean_per_k: torch.Tensor) -> None:
+        """Store each k's mean discrepancy on normal training images (floored, so a perfect fit cannot divide by 0)."""
+        self.map_scale.copy_(mean_per_k.clamp_min(1e-6))
+        self.map_stats_ready.fill_(True)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | InferenceBatch:
+        """Training: ``(features, restored)`` for the loss, with random masks. Eval: ``InferenceBatch``."""
         image_size = (images.shape[-2], images.shape[-1])
         feature_size = self.check_input_size(image_size)
         features = self.aggregator(images)
         if self.training:
-            choice = int(torch.randint(len(self.cell_sizes), (1,)).item())
-            hidden = crossed_masks(
-                images.shape[0], feature_size, self.cell_sizes[choice], self.num_masks, device=images.device
-            )
-            return features, self.restore(features, hidden)
+            return features, self.restore(features, self.train_masks(images.shape[0], feature_size, images.device))
+        return self.score(features, image_size)
 
-        discrepancy = torch.zeros(features.shape[0], *feature_size, device=images.device)
-        for masks in self.test_masks(feature_size):
-            hidden = masks.to(images.device).expand(features.shape[0], -1, -1, -1)
-            discrepancy = discrepancy + self.loss.per_position(features, self.restore(features, hidden))
-        discrepancy = discrepancy / len(self.cell_sizes)
+    def score(self, features: torch.Tensor, image_size: tuple[int, int]) -> InferenceBatch:
+        """Anomaly map and score from standardised features."""
+        discrepancy = self.combine(self.discrepancy_per_k(features))
         anomaly_map, pred_score = self.anomaly_map_generator(discrepancy, image_size)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)

@@ -3,17 +3,21 @@
 
 """Building blocks of MFRNet."""
 
-from .aggregator import DEFAULT_LAYERS, FeatureNorm, MultiScaleFeatureAggregator, load_backbone_weights
-from .masks import check_divisible, crossed_masks, fixed_masks
+from .aggregator import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, MultiScaleFeatureAggregator, load_backbone_weights
+from .inpainting import VisibleNeighbourInpainting
+from .masks import check_divisible, crossed_masks, fixed_masks, structured_masks
 from .restorer import MfrRestorer
 
 __all__ = [
     "DEFAULT_LAYERS",
+    "LEGACY_LAYERS",
     "FeatureNorm",
     "MfrRestorer",
     "MultiScaleFeatureAggregator",
+    "VisibleNeighbourInpainting",
     "check_divisible",
     "crossed_masks",
     "fixed_masks",
     "load_backbone_weights",
+    "structured_masks",
 ]

@@ -94,3 +94,51 @@ def fixed_masks(feature_size: tuple[int, int], cell_size: int, num_masks: int, s
     subset = np.empty(cells, dtype=np.int64)
     subset[order] = np.arange(cells) % num_masks
     return partition_to_masks(torch.from_numpy(subset).view(1, *grid), cell_size, num_masks)
+
+
+def structured_partition(
+    batch_size: int,
+    grid: tuple[int, int],
+    num_masks: int,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    randomize: bool = True,
+) -> torch.Tensor:
+    """A diagonal split of the cells, ``subset(i, j) = (i ± j + offset) mod n``, per image.
+
+    Unlike a uniformly random split, no cell ever shares an edge with a cell of its own subset (for ``n >= 2``),
+    so every hidden cell has visible neighbours on all four sides: the restoration is an interpolation across
+    one cell, never an extrapolation into a large hole. With ``randomize`` each image gets a random offset and
+    diagonal direction (training); without, the offset is 0 and the direction ``i + j`` (the fixed test split).
+
+    Returns:
+        Subset index per cell, ``(batch_size, Gh, Gw)``, int64.
+    """
+    cells = grid[0] * grid[1]
+    if num_masks > cells:
+        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
+        raise ValueError(msg)
+    rows = torch.arange(grid[0], device=device).view(1, -1, 1)
+    cols = torch.arange(grid[1], device=device).view(1, 1, -1)
+    if not randomize:
+        return ((rows + cols) % num_masks).expand(batch_size, -1, -1).contiguous()
+    gen_device = generator.device if generator is not None else device
+    offset = torch.randint(num_masks, (batch_size, 1, 1), generator=generator, device=gen_device).to(device)
+    sign = torch.randint(2, (batch_size, 1, 1), generator=generator, device=gen_device).to(device) * 2 - 1
+    return (rows + sign * cols + offset) % num_masks
+
+
+def structured_masks(
+    batch_size: int,
+    feature_size: tuple[int, int],
+    cell_size: int,
+    num_masks: int,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    randomize: bool = True,
+) -> torch.Tensor:
+    """Complementary hidden masks ``(B, n, H, W)`` from :func:`structured_partition` (see there)."""
+    check_divisible(feature_size, (cell_size,))
+    grid = (feature_size[0] // cell_size, feature_size[1] // cell_size)
+    subset = structured_partition(batch_size, grid, num_masks, device=device, generator=generator, randomize=randomize)
+    return partition_to_masks(subset, cell_size, num_masks)
