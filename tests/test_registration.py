@@ -112,7 +112,8 @@ def test_demo_rejects_a_size_mfrnet_cannot_tile(tmp_path: Path, capsys: pytest.C
     [
         ("crr.yaml", {"encoder_name": "vit_base_patch14_reg4_dinov2", "stage1_steps": 10000, "stage2_steps": 8000}),
         ("crr_smoke.yaml", {"encoder_name": "vit_small_patch14_reg4_dinov2", "encoder_weights": None}),
-        ("mfrnet.yaml", {"backbone": "vgg16", "mask_cell_size": [2, 4, 8], "num_masks": 3, "depth": 8}),
+        ("mfrnet.yaml", {"backbone": "tf_efficientnet_lite0", "mask_cell_size": [2], "num_masks": 3, "depth": 2}),
+        ("mfrnet_paper.yaml", {"backbone": "vgg16", "mask_cell_size": [2, 4, 8], "num_masks": 3, "depth": 8}),
         ("mfrnet_smoke.yaml", {"backbone": "tf_efficientnet_lite0", "pre_trained": False}),
     ],
 )
