@@ -36,6 +36,7 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
+from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import Normalize, Resize
@@ -255,7 +256,8 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         """
         kwargs.setdefault("pre_trained", False)
         kwargs.setdefault("weights_path", None)
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        with anomalib_safe_globals(extra=cls.checkpoint_safe_globals()):
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=kwargs.get("weights_only", True))
         for key, value in legacy_overrides(checkpoint.get("hyper_parameters", {})).items():
             kwargs.setdefault(key, value)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
@@ -266,6 +268,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         ``anomalib test/predict --ckpt_path`` builds the model from the CLI/config and then loads only the state
         dict; a mismatch would otherwise surface as a list of tensor shapes.
         """
+        super().on_load_checkpoint(checkpoint)  # anomalib restores the pre/post-processor configuration
         saved = dict(checkpoint.get("hyper_parameters", {}))
         saved.update(legacy_overrides(saved))
         mismatched = []
