@@ -237,7 +237,12 @@ def run(
             summary.failed.append(job.job_id)
             echo(f"{label} FAILED in {took}: {result['error']} (log: {result['log']})")
 
-    results = [r for j in all_jobs if (r := read_result(cfg.output / "jobs" / j.job_id)) is not None]
+    # Only results of the current job definitions count; older ones show as "not run yet".
+    results = [
+        r
+        for j in all_jobs
+        if (r := read_result(cfg.output / "jobs" / j.job_id)) is not None and r.get("spec_hash") == j.spec_hash
+    ]
     summary.failed = sorted({r["job_id"] for r in results if r["status"] != "ok"})
     summary.wall_s = time.perf_counter() - started
     with (cfg.output / "runs.jsonl").open("a") as handle:
