@@ -27,7 +27,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from .input_checks import ChecksInputs
+from .input_checks import ChecksInputs, allow_plugin_enums
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class ValidatesAtFitEnd(ChecksInputs):
 
         from .checkpointing import PeriodicCheckpoint, RandomStateCheckpoint
 
+        allow_plugin_enums()  # before the trainer restores a --ckpt_path, which may be the other model's
         callbacks = super().configure_callbacks()  # type: ignore[misc]
         callbacks = [*(callbacks if isinstance(callbacks, Sequence) else [callbacks]), ValidateAtFitEnd()]
         trainer = getattr(self, "_trainer", None)

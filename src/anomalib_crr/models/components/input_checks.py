@@ -23,6 +23,19 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's weights do not fit the model they are loaded into."""
 
 
+def allow_plugin_enums() -> None:
+    """Let ``weights_only`` loading read the hyper-parameter enums of *every* plugin model.
+
+    Each model lists only its own enums in ``checkpoint_safe_globals``, so loading a CRR checkpoint into MFRNet
+    (or the reverse) failed with torch's ``Unsupported global`` message before any check could say which model
+    wrote the file. Enums are safe to allowlist: unpickling one only looks a member up by value.
+    """
+    from anomalib_crr.models.crr import CRR
+    from anomalib_crr.models.mfrnet import MFRNet
+
+    torch.serialization.add_safe_globals([*CRR.checkpoint_safe_globals(), *MFRNet.checkpoint_safe_globals()])
+
+
 def _groups(keys: Any) -> list[str]:
     """The distinct ``a.b`` prefixes of parameter names, e.g. ``model.encoder``, ``model.aggregator``."""
     return sorted({".".join(key.split(".")[:2]) for key in keys})
@@ -107,6 +120,7 @@ class ChecksInputs:
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> Any:
         """The anomalib ``load_from_checkpoint`` (``weights_only``); a mismatch error names the file."""
+        allow_plugin_enums()
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[misc]
         except CheckpointMismatchError as exc:
