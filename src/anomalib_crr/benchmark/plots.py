@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -94,6 +95,9 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
             ax.scatter([x], [y], s=60, color=colors[model], label=model, edgecolor="black", linewidth=0.5, zorder=3)
             points.append((x, y, model))
         ax.set_xscale("log")
+        # Plain numbers on the major ticks only: log-axis minor labels (3x10^3, 4x10^3, ...) collide.
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("latency per image at batch 1 (ms, log scale)")
         ax.set_ylabel("mAD (mean of 7 metrics over categories)")
         ax.set_title(f"{dataset} ({mode.replace('_', '-')})")
