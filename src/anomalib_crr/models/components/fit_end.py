@@ -98,7 +98,9 @@ def run_validation_loop(trainer: pl.Trainer) -> None:
     Args:
         trainer: The trainer of the fit that is ending.
     """
-    saved_before = {id(cb): cb._last_global_step_saved for cb in trainer.checkpoint_callbacks}
+    saved_before = {
+        id(cb): cb._last_global_step_saved for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)
+    }
     trainer.lightning_module.zero_grad(set_to_none=True)  # free gradient memory, as Lightning does
     trainer.validating = True
     try:

@@ -39,7 +39,7 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torchvision.transforms.v2 import Normalize, Resize
+from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 
 from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
 from anomalib_crr.models.components.export import Opset18OnnxExport
@@ -376,11 +376,19 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         logger.info("MFRNet feature statistics from %d positions", int(count))
 
     def _can_cache(self) -> bool:
-        """Features of a training image are fixed when nothing random happens to it before the backbone."""
+        """Features of a training image are fixed when nothing random happens to it before the backbone.
+
+        anomalib gives a datamodule without augmentations a plain ``Resize`` to the model's input size (so
+        images of different sizes batch); resizing and centre-cropping are deterministic, anything else
+        (flips, colour jitter, random crops) disables the cache.
+        """
         if not self.cache_features or self.trainer is None:
             return False
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        return dataset is not None and getattr(dataset, "augmentations", "unknown") is None
+        augmentations = getattr(dataset, "augmentations", "unknown")
+        if dataset is None or isinstance(augmentations, str):
+            return False
+        return all(isinstance(step, (Resize, CenterCrop)) for step in flatten_transforms(augmentations))
 
     def _training_features(self, batch: Batch) -> torch.Tensor:
         """Standardised features of a training batch, from the cache when every image in it is cached."""
