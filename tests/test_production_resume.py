@@ -81,12 +81,16 @@ def reference(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"crr_stage1": crr, "crr_stage2": crr, "mfrnet": mfrnet}
 
 
-# The kill, the checkpoint contents (step, stage counter, random state) and the resume itself work; the
-# comparison with the uninterrupted fit failed for crr_stage1 in the last (heavily contended) run and its cause
-# is not diagnosed yet (suspect: Lightning finishing the checkpointed epoch again on restart and drawing one
-# more data-loader seed). Non-strict so the suite stays green while the lead decides; see the issue-11 report.
-@pytest.mark.xfail(reason="resume bit-equality not yet established (issue 11)", strict=False)
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+# MFRNet (epoch-based) resumes bit-identically. For CRR (max_steps-based) steps, stage counter, hard-mining
+# position and learning rates match at the resume point but the data order of the next epoch differs (last run:
+# first image 002.png vs 003.png), i.e. the restart draws one data-loader seed more or less than the
+# uninterrupted fit. Non-strict until fixed; see the issue-11 report.
+_CRR_ORDER = pytest.mark.xfail(reason="CRR resume: data order of the next epoch differs (issue 11)", strict=False)
+
+
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(name, marks=_CRR_ORDER if name.startswith("crr") else ()) for name in SCENARIOS]
+)
 def test_killed_fit_resumes_to_the_uninterrupted_result(
     scenario: str, killed: Path, reference: dict[str, dict[str, Any]], tiny_dataset: Path
 ) -> None:
@@ -150,7 +154,8 @@ def test_default_resume_callbacks_keep_anomalibs_checkpoint(tiny_dataset: Path, 
     weights = tmp_path / "CRR" / "MVTecAD" / "washer" / "v0" / "weights" / "lightning"
     assert (weights / "model.ckpt").is_file()
     assert not (weights / "last.ckpt").exists()  # 2 steps: shorter than one period
-    assert "rng_states" in json.dumps(list(torch.load(weights / "model.ckpt", weights_only=False)["callbacks"]))
+    saved_callbacks = torch.load(weights / "model.ckpt", weights_only=False)["callbacks"]
+    assert "rng_states" in saved_callbacks["RandomStateCheckpoint"]
 
 
 def test_user_periodic_checkpoint_replaces_the_default(tiny_dataset: Path, tmp_path: Path) -> None:
