@@ -30,24 +30,21 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
-import time
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import interleaved_medians
+
+from anomalib_crr.demo import SMOKE_MODEL_ARGS
+
 PRESETS: dict[str, dict[str, Any]] = {
     # configs/model/crr_smoke.yaml: 4 encoder blocks, 4 decoder blocks, narrow seg head.
-    "smoke": {
-        "target_layers": [0, 1, 2, 3],
-        "decoder_depth": 4,
-        "fuse_layer_encoder": [[0, 1], [2, 3]],
-        "fuse_layer_decoder": [[0, 1], [2, 3]],
-        "seg_base_width": 32,
-        "seg_output_size": 128,
-    },
+    "smoke": {k: v for k, v in SMOKE_MODEL_ARGS.items() if k not in {"encoder_name", "warmup_steps", "dtd_dir"}},
     # The paper architecture: blocks 2-9, 8 decoder blocks, seg head width 192 at 256² (on a CPU, shrink the
     # head with --seg-base-width/--seg-output-size: stage II at the paper head takes minutes per step there).
     "full": {},
@@ -138,21 +135,6 @@ def build_crr(args: argparse.Namespace, architecture: dict[str, Any]) -> Any:
     return model
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], None]], runs: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed round-robin."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for round_index in range(warmup + runs):
-        for name, call in candidates.items():
-            synchronize()
-            start = time.perf_counter()
-            call()
-            synchronize()
-            if round_index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def run(args: argparse.Namespace) -> list[dict[str, object]]:
     """Time the candidates and return one row each."""
     torch.manual_seed(0)
@@ -182,6 +164,7 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
         },
         args.runs,
         args.warmup,
+        grad=True,
     )
     images_per_step = {
         "Dinomaly training step": args.batch,

@@ -38,11 +38,22 @@ def interleaved_medians(
     candidates: dict[str, Callable[[], object]],
     runs: int,
     warmup: int,
-    synchronize: Callable[[], None],
+    synchronize: Callable[[], None] | None = None,
+    grad: bool = False,
 ) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed round-robin so load drifts hit all of them alike."""
+    """Median seconds per call of each candidate, timed round-robin so load drifts hit all of them alike.
+
+    Args:
+        candidates: Name -> call to time.
+        runs: Timed rounds.
+        warmup: Untimed rounds first.
+        synchronize: Called around each timed call (default: ``torch.cuda.synchronize`` when CUDA is present).
+        grad: Keep autograd on (training steps); inference timings run under ``torch.inference_mode``.
+    """
+    if synchronize is None:
+        synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    with torch.inference_mode():
+    with torch.inference_mode(mode=not grad):
         for round_index in range(warmup + runs):
             for name, call in candidates.items():
                 synchronize()

@@ -22,15 +22,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
+import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference_speed import interleaved_medians
 
 
 def build(args: argparse.Namespace) -> tuple[Any, int]:
@@ -60,18 +62,6 @@ def max_differences(expected: dict[str, np.ndarray], actual: dict[str, Any]) -> 
         key: float(np.abs(np.asarray(actual[key]).reshape(value.shape) - value).max())
         for key, value in expected.items()
     }
-
-
-def interleaved_medians(candidates: dict[str, Callable[[], Any]], runs: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call, candidates timed round-robin."""
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    for index in range(warmup + runs):
-        for name, call in candidates.items():
-            start = time.perf_counter()
-            call()
-            if index >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
