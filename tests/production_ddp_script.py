@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,17 @@ def run(name: str, factory: Any, root: str, out: Path, **engine_kwargs: Any) -> 
     model = factory()
     recorder = RecordRandomDraws()
     datamodule = MVTecAD(root=root, category="washer", train_batch_size=2, eval_batch_size=3, num_workers=0)
+    # One workspace per rank: anomalib's Engine creates ``v0``/``latest`` in ``default_root_dir`` with a plain
+    # ``mkdir`` on every rank, so two ranks started together by torchrun race for the same version directory
+    # (FileExistsError on one rank). Lightning broadcasts rank 0's checkpoint directory, so the checkpoint
+    # still lands in rank 0's workspace and both ranks test the same file.
+    workspace = out / name / f"rank{os.environ.get('RANK', '0')}"
     engine = Engine(
         strategy="ddp",
         accelerator="cpu",
         devices=2,
         num_nodes=1,
-        default_root_dir=out / name,
+        default_root_dir=workspace,
         logger=False,
         enable_progress_bar=False,
         callbacks=[recorder],
