@@ -5,7 +5,9 @@
 
 ``anomalib-crr train --model CRR ...`` behaves exactly like ``anomalib train`` after
 ``import anomalib_crr``, so it works even where the start-up hook (``anomalib_crr_hook.pth``) is
-disabled or was not installed. ``anomalib-crr demo`` is described in :mod:`anomalib_crr.demo`,
+disabled or was not installed. One difference: ``anomalib-crr predict``/``export`` accept a training run's
+``config.yaml`` (``--config``), which ``anomalib predict``/``export`` 2.7 refuse for every model.
+``anomalib-crr demo`` is described in :mod:`anomalib_crr.demo`,
 ``anomalib-crr benchmark`` in :mod:`anomalib_crr.benchmark`.
 """
 
@@ -13,7 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+
+# Keys that ``anomalib train`` writes into a run's config.yaml but that ``predict`` and ``export`` refuse
+# ("Subcommand 'export' does not accept option 'optimizer'"), for every anomalib model in 2.7.
+TRAINING_ONLY_CONFIG_KEYS = ("optimizer", "lr_scheduler")
 
 
 def run_benchmark_cli(argv: Sequence[str]) -> int:
@@ -47,6 +55,38 @@ def run_benchmark_cli(argv: Sequence[str]) -> int:
     return 0
 
 
+def accept_training_run_config(args: list[str], workdir: Path) -> list[str]:
+    """Let ``predict``/``export`` take a training run's ``--config`` file, as ``test`` does.
+
+    The file is never edited: when it holds the training-only keys, a copy without them is written to
+    ``workdir`` and the arguments point to the copy. Every other key (model, data, trainer) is kept, so the
+    model is rebuilt with the training run's init args.
+    """
+    import yaml
+
+    if not args or args[0] not in {"predict", "export"}:
+        return args
+    updated = list(args)
+    for index, arg in enumerate(args):
+        if arg in {"--config", "-c"} and index + 1 < len(args):
+            position, path, prefix = index + 1, args[index + 1], ""
+        elif arg.startswith("--config="):
+            position, path, prefix = index, arg.removeprefix("--config="), "--config="
+        else:
+            continue
+        config_path = Path(path)
+        if not config_path.is_file():
+            continue  # anomalib reports a missing file itself
+        config = yaml.safe_load(config_path.read_text())
+        if not isinstance(config, dict) or not any(key in config for key in TRAINING_ONLY_CONFIG_KEYS):
+            continue
+        filtered = {key: value for key, value in config.items() if key not in TRAINING_ONLY_CONFIG_KEYS}
+        copy = workdir / f"{index}_{config_path.name}"
+        copy.write_text(yaml.safe_dump(filtered, sort_keys=False))
+        updated[position] = prefix + str(copy)
+    return updated
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``anomalib-crr`` console script and of ``python -m anomalib_crr``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -75,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import anomalib_crr  # noqa: F401  (registers CRR with anomalib)
 
     configure_logger()
-    AnomalibCLI(args=args)
+    with tempfile.TemporaryDirectory(prefix="anomalib_crr_config_") as workdir:
+        AnomalibCLI(args=accept_training_run_config(args, Path(workdir)))
 
 
 if __name__ == "__main__":
