@@ -4,7 +4,7 @@
 * step counts and CRR's stage boundary are those of the configuration, on both ranks;
 * MFRNet's feature statistics are reduced across ranks: both ranks hold the same statistics of the whole
   training set although each saw half of it;
-* the DDP test metrics of CRR equal a single-process test of the same checkpoint.
+* the DDP test metrics of CRR and MFRNet equal a single-process test of the same checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
-from anomalib_crr import CRR
+from anomalib_crr import CRR, MFRNet
 
 from .helpers import run_offline
 
@@ -78,15 +78,13 @@ def test_mfrnet_statistics_are_reduced_across_ranks(ddp_runs: dict[str, Any]) ->
     assert len(set(rank0["feature_mean"])) > 1  # real statistics, not the untouched defaults
 
 
-# MFRNet is left out: in the current working tree its single-process test of the DDP checkpoint gives other
-# metrics (image AUROC 0.5 vs 0.1875) although the loaded state is identical; see the issue-11 report.
-@pytest.mark.parametrize("name", ["CRR"])
+@pytest.mark.parametrize("name", ["CRR", "MFRNet"])
 def test_ddp_test_metrics_equal_a_single_process_test(
     name: str, ddp_runs: dict[str, Any], tiny_dataset: Path, tmp_path: Path
 ) -> None:
     rank0, rank1 = ddp_runs[name]
     assert rank0["metrics"] == rank1["metrics"]
-    model = CRR.load_from_checkpoint(rank0["checkpoint"])
+    model = {"CRR": CRR, "MFRNet": MFRNet}[name].load_from_checkpoint(rank0["checkpoint"])
     datamodule = MVTecAD(root=tiny_dataset, category="washer", eval_batch_size=3, num_workers=0)
     engine = Engine(default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False)
     single = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
