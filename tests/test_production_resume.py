@@ -81,16 +81,7 @@ def reference(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"crr_stage1": crr, "crr_stage2": crr, "mfrnet": mfrnet}
 
 
-# MFRNet (epoch-based) resumes bit-identically. For CRR (max_steps-based) steps, stage counter, hard-mining
-# position and learning rates match at the resume point but the data order of the next epoch differs (last run:
-# first image 002.png vs 003.png), i.e. the restart draws one data-loader seed more or less than the
-# uninterrupted fit. Non-strict until fixed; see the issue-11 report.
-_CRR_ORDER = pytest.mark.xfail(reason="CRR resume: data order of the next epoch differs (issue 11)", strict=False)
-
-
-@pytest.mark.parametrize(
-    "scenario", [pytest.param(name, marks=_CRR_ORDER if name.startswith("crr") else ()) for name in SCENARIOS]
-)
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_killed_fit_resumes_to_the_uninterrupted_result(
     scenario: str, killed: Path, reference: dict[str, dict[str, Any]], tiny_dataset: Path
 ) -> None:

@@ -80,6 +80,7 @@ class PeriodicCheckpoint(Checkpoint):
         self.filename = filename
         self.last_saved_step: int | None = None
         self._due_mark = 0
+        self._writing = False
 
     @property
     def state_key(self) -> str:
@@ -107,6 +108,31 @@ class PeriodicCheckpoint(Checkpoint):
         self._due_mark = mark
         self.save(trainer)
 
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Record this epoch as finished in the loop state of the file being written (not of others).
+
+        The file is written inside ``on_train_epoch_end``, before Lightning counts the epoch as completed.
+        An epoch-based fit resumed from it then starts the next epoch cleanly, but a step-based one
+        (``max_steps``, as CRR's) is always "restarted" by Lightning: it re-enters the finished epoch with a
+        new iterator whose batch counter already says 4 of 4, runs one batch and ends it, so the data order
+        and the random stream shift from then on. Marked as completed, with the next epoch's batch counter at
+        zero, both kinds resume at the start of the next epoch, as an uninterrupted fit continues.
+        """
+        del trainer, pl_module
+        if not self._writing:
+            return
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        if not fit_loop:
+            return
+        epoch_progress = fit_loop["epoch_progress"]
+        for scope in ("total", "current"):
+            epoch_progress[scope]["completed"] = epoch_progress[scope]["processed"]
+        batch_progress = fit_loop["epoch_loop.batch_progress"]
+        batch_progress["current"] = dict.fromkeys(batch_progress["current"], 0)
+        batch_progress["is_last_batch"] = False
+
     def save(self, trainer: pl.Trainer) -> Path:
         """Write the checkpoint to a temporary file and rename it, so a kill never leaves a truncated file.
 
@@ -116,7 +142,11 @@ class PeriodicCheckpoint(Checkpoint):
         partial = path.with_name(path.name + ".partial")
         if trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(partial)
+        self._writing = True
+        try:
+            trainer.save_checkpoint(partial)
+        finally:
+            self._writing = False
         if trainer.is_global_zero:
             os.replace(partial, path)
         trainer.strategy.barrier("PeriodicCheckpoint.save")

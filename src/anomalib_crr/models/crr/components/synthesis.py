@@ -195,12 +195,16 @@ class CrrAnomalySynthesizer(nn.Module):
         self.canvas_size = tuple(canvas_size) if canvas_size is not None else None
         self.max_retries = max_retries
         # anomalib's generator collects the texture file list; its augmenter slot holds the batched
-        # three-op augmenter (per-image parameters, the official op list).
-        self.generator = PerlinAnomalyGenerator(
-            anomaly_source_path=dtd_dir,
-            probability=1.0,
-            blend_factor=self.blend_factor,
-        )
+        # three-op augmenter (per-image parameters, the official op list). Its constructor draws a solarize
+        # threshold for the augmenter replaced here; that draw is kept off the global stream, because CRR
+        # builds the synthesiser in ``on_fit_start``, after Lightning restored a resumed fit's random state,
+        # and a draw there would shift every later shuffle and anomaly of the resumed fit.
+        with torch.random.fork_rng(devices=[]):
+            self.generator = PerlinAnomalyGenerator(
+                anomaly_source_path=dtd_dir,
+                probability=1.0,
+                blend_factor=self.blend_factor,
+            )
         self.generator.augmenters = BatchedRandomAugment(num_ops=3)
         self.textures = TextureBank(self.generator.anomaly_source_paths, max_bytes=texture_cache_bytes)
 
