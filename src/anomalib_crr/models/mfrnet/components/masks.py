@@ -35,6 +35,21 @@ def partition_to_masks(subset: torch.Tensor, cell_size: int, num_masks: int) -> 
     return hidden.repeat_interleave(cell_size, dim=2).repeat_interleave(cell_size, dim=3)
 
 
+def count_cells(grid: tuple[int, int], num_masks: int) -> int:
+    """Number of cells of ``grid``; a partition into ``num_masks`` subsets needs at least one cell per subset."""
+    cells = grid[0] * grid[1]
+    if num_masks > cells:
+        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
+        raise ValueError(msg)
+    return cells
+
+
+def cell_grid(feature_size: tuple[int, int], cell_size: int) -> tuple[int, int]:
+    """Cells per side of a feature map cut into ``cell_size`` x ``cell_size`` cells (sides must divide)."""
+    check_divisible(feature_size, (cell_size,))
+    return feature_size[0] // cell_size, feature_size[1] // cell_size
+
+
 def random_partition(
     batch_size: int,
     grid: tuple[int, int],
@@ -50,10 +65,7 @@ def random_partition(
     Returns:
         Subset index per cell, ``(batch_size, Gh, Gw)``, int64.
     """
-    cells = grid[0] * grid[1]
-    if num_masks > cells:
-        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
-        raise ValueError(msg)
+    cells = count_cells(grid, num_masks)
     noise = torch.rand(batch_size, cells, generator=generator, device=generator.device if generator else device)
     rank = noise.argsort(dim=1).argsort(dim=1)
     return (rank % num_masks).view(batch_size, *grid).to(device)
@@ -71,8 +83,7 @@ def crossed_masks(
 
     ``sum_i mask[:, i] == 1`` everywhere; each mask is constant on every ``cell_size`` x ``cell_size`` cell.
     """
-    check_divisible(feature_size, (cell_size,))
-    grid = (feature_size[0] // cell_size, feature_size[1] // cell_size)
+    grid = cell_grid(feature_size, cell_size)
     subset = random_partition(batch_size, grid, num_masks, device=device, generator=generator)
     return partition_to_masks(subset, cell_size, num_masks)
 
@@ -84,12 +95,8 @@ def fixed_masks(feature_size: tuple[int, int], cell_size: int, num_masks: int, s
     Drawn with NumPy's seeded generator and cached, so inference uses no torch RNG: the masks enter an
     exported graph as constants, and any input size gets its own fixed partition. Do not modify the result.
     """
-    check_divisible(feature_size, (cell_size,))
-    grid = (feature_size[0] // cell_size, feature_size[1] // cell_size)
-    cells = grid[0] * grid[1]
-    if num_masks > cells:
-        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
-        raise ValueError(msg)
+    grid = cell_grid(feature_size, cell_size)
+    cells = count_cells(grid, num_masks)
     order = np.random.default_rng([seed, cell_size]).permutation(cells)
     subset = np.empty(cells, dtype=np.int64)
     subset[order] = np.arange(cells) % num_masks
@@ -114,10 +121,7 @@ def structured_partition(
     Returns:
         Subset index per cell, ``(batch_size, Gh, Gw)``, int64.
     """
-    cells = grid[0] * grid[1]
-    if num_masks > cells:
-        msg = f"num_masks={num_masks} is larger than the {cells} mask cells of a {grid[0]}x{grid[1]} grid"
-        raise ValueError(msg)
+    count_cells(grid, num_masks)  # validates num_masks against the grid
     rows = torch.arange(grid[0], device=device).view(1, -1, 1)
     cols = torch.arange(grid[1], device=device).view(1, 1, -1)
     if not randomize:
@@ -138,7 +142,6 @@ def structured_masks(
     randomize: bool = True,
 ) -> torch.Tensor:
     """Complementary hidden masks ``(B, n, H, W)`` from :func:`structured_partition` (see there)."""
-    check_divisible(feature_size, (cell_size,))
-    grid = (feature_size[0] // cell_size, feature_size[1] // cell_size)
+    grid = cell_grid(feature_size, cell_size)
     subset = structured_partition(batch_size, grid, num_masks, device=device, generator=generator, randomize=randomize)
     return partition_to_masks(subset, cell_size, num_masks)
