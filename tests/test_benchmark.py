@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,9 +28,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def smoke_run(module_tmp_dir: Callable[[str], Path]) -> dict:
     """Run the shipped smoke config through the CLI entry point (in-process) into a fresh folder."""
-    output = tmp_path_factory.mktemp("smoke") / "run"
+    output = module_tmp_dir("smoke") / "run"
     start = time.perf_counter()
     code = run_benchmark_cli(["--config", str(SMOKE), "--output", str(output)])
     return {"output": output, "code": code, "wall_s": time.perf_counter() - start}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,9 @@ MODEL_CONFIG: dict[str, Any] = {
 
 
 @pytest.fixture(scope="module")
-def cli_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def cli_run(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     """``anomalib train --model CRR`` in process: fit + test on the generated dataset."""
-    root = tmp_path_factory.mktemp("cli")
+    root = module_tmp_dir("cli")
     config = root / "crr_tiny.yaml"
     config.write_text(yaml.safe_dump(MODEL_CONFIG))
     data_args = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +55,11 @@ class Recorder(Callback):
 
 
 @pytest.fixture(scope="module")
-def fit(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def fit(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     """A fit from a module left in eval mode, with a mask folder (left half of every image) and stage-II batch 3."""
     from PIL import Image
 
-    masks = tmp_path_factory.mktemp("masks")
+    masks = module_tmp_dir("masks")
     for image in (tiny_dataset / "washer" / "train" / "good").glob("*.png"):
         target = masks / "washer" / "train" / "good" / image.name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def fit(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     recorder = Recorder()
     datamodule = MVTecAD(root=tiny_dataset, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
     engine = Engine(
-        default_root_dir=tmp_path_factory.mktemp("fit"),
+        default_root_dir=module_tmp_dir("fit"),
         logger=False,
         accelerator="cpu",
         devices=1,

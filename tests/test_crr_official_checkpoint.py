@@ -10,6 +10,7 @@ groups gives the head its official 1536 input channels at a fraction of ViT-B's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,8 @@ def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, to
 
 
 @pytest.fixture(scope="module")
-def official_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("official")
+def official_files(module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
+    root = module_tmp_dir("official")
     model_state, seg_state = _random_state(_official_model_shapes(), 0), _random_state(_official_seg_shapes(), 1)
     torch.save(model_state, root / "dinov2_vitb14_reg4_pretrain.pth")
     torch.save(seg_state, root / "Seg_model_7999.pth")

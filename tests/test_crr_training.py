@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def _keys(state: dict[str, torch.Tensor], prefix: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def fitted(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = tiny_crr(stage1_steps=2, stage2_steps=2)
     recorder = StageRecorder()
@@ -61,7 +62,7 @@ def fitted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     model.loss.forward = capture  # type: ignore[method-assign]
     initial = {k: v.detach().clone() for k, v in model.model.state_dict().items()}
     datamodule = MVTecAD(root=tiny_dataset, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    root = tmp_path_factory.mktemp("engine")
+    root = module_tmp_dir("engine")
     engine = Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1, callbacks=[recorder])
     engine.fit(model=model, datamodule=datamodule)
     model.loss.forward = original_loss  # type: ignore[method-assign]

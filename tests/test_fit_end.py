@@ -8,6 +8,7 @@ Mirrors anomalib's own model integration test (``tests/integration/model/test_mo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,10 @@ MODELS = {
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def fitted_one_epoch(request: pytest.FixtureRequest, tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
+def fitted_one_epoch(request: pytest.FixtureRequest, tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]):
     """Fit each model with ``Engine(max_epochs=1)``, as anomalib's integration test does."""
     name = request.param
-    root = tmp_path_factory.mktemp(f"fit_end_{name}")
+    root = module_tmp_dir(f"fit_end_{name}")
     torch.manual_seed(0)
     model = MODELS[name]()
     counter = CountValidations()

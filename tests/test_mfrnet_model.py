@@ -3,6 +3,7 @@ persisted feature statistics, fit/test/predict)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ def _datamodule(root: Path) -> MVTecAD:
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def fitted(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = tiny_mfrnet()
     backbone_before = {k: v.clone() for k, v in model.model.aggregator.extractor.state_dict().items()}
     restorer_before = {k: v.clone() for k, v in model.model.restorer.state_dict().items()}
-    root = tmp_path_factory.mktemp("mfrnet_fit")
+    root = module_tmp_dir("mfrnet_fit")
     engine = Engine(default_root_dir=root, max_epochs=2, accelerator="cpu", devices=1, logger=False)
     engine.fit(model=model, datamodule=_datamodule(tiny_dataset))
     metrics = engine.test(model=model, datamodule=_datamodule(tiny_dataset), verbose=False)[0]

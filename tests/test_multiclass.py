@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ CATEGORIES = ["weave", "washer"]
 
 
 @pytest.fixture(scope="module")
-def multiclass_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("multiclass")
+def multiclass_root(module_tmp_dir: Callable[[str], Path]) -> Path:
+    root = module_tmp_dir("multiclass")
     return make_synthetic_mvtec(
         root, categories=CATEGORIES, num_train=6, num_test_good=3, num_test_defect=2, image_size=TINY_IMAGE, seed=1
     )
@@ -36,9 +37,9 @@ def _datamodule(root: Path, **kwargs: Any) -> MultiClassMVTecAD:
 
 
 @pytest.fixture(scope="module")
-def crr_run(multiclass_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def crr_run(multiclass_root: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     """One CRR fit on all categories, then a multi-class test and one single-category test per category."""
-    out = tmp_path_factory.mktemp("crr_multiclass")
+    out = module_tmp_dir("crr_multiclass")
     torch.manual_seed(0)
     model = tiny_crr()
     engine = Engine(default_root_dir=out, accelerator="cpu", devices=1, logger=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    out = tmp_path_factory.mktemp("ddp")
+def ddp_runs(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, list[dict[str, Any]]]:
+    out = module_tmp_dir("ddp")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +77,9 @@ CLI_MODEL = {
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def trained(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     """CRR via ``anomalib train`` (in process) and MFRNet via ``Engine.fit``; checkpoints and run config."""
-    root = tmp_path_factory.mktemp("deploy")
+    root = module_tmp_dir("deploy")
     config = root / "crr_tiny.yaml"
     config.write_text(yaml.safe_dump(CLI_MODEL))
     AnomalibCLI(
@@ -252,9 +253,9 @@ def test_torch_export_runs_in_anomalibs_torch_inferencer(
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def checkpoints(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Path]:
     """1 + 1 step CRR and a 1-epoch MFRNet, fitted once for the checkpoint tests."""
-    root = tmp_path_factory.mktemp("inputs_ckpt")
+    root = module_tmp_dir("inputs_ckpt")
     paths = {}
     for name, factory, kwargs in (
         ("CRR", lambda: tiny_crr(stage1_steps=1, stage2_steps=1), {}),

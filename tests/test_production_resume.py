@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,9 @@ def _run_dir(out: Path, scenario: str, version: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def killed(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def killed(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> Path:
     """All three killed fits, in one subprocess (one anomalib import)."""
-    out = tmp_path_factory.mktemp("killed")
+    out = module_tmp_dir("killed")
     command = [sys.executable, "-m", "tests.production_kill_script", str(tiny_dataset), str(out), *SCENARIOS]
     result = run_offline(command, cwd=REPO, timeout=1800, OMP_NUM_THREADS=str(torch.get_num_threads()))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -74,10 +75,10 @@ def _fit(scenario: str, root: Path, out: Path, ckpt_path: Path | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def reference(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, dict[str, Any]]:
     """Uninterrupted fits (CRR once for both CRR scenarios)."""
-    crr = _fit("crr_stage1", tiny_dataset, tmp_path_factory.mktemp("reference_crr"))
-    mfrnet = _fit("mfrnet", tiny_dataset, tmp_path_factory.mktemp("reference_mfrnet"))
+    crr = _fit("crr_stage1", tiny_dataset, module_tmp_dir("reference_crr"))
+    mfrnet = _fit("mfrnet", tiny_dataset, module_tmp_dir("reference_mfrnet"))
     return {"crr_stage1": crr, "crr_stage2": crr, "mfrnet": mfrnet}
 
 
