@@ -67,6 +67,8 @@ FIRST_RELEASE = {
     "patch_size": 4,
     "residual": False,
     "map_norm": "none",
+    "whiten_residual": False,
+    "lambda_ssim": 1.0,
 }
 FIRST_RELEASE_LAYERS = {"resnet18": ["layer1", "layer2", "layer3"], "wide_resnet50_2": ["layer1", "layer2", "layer3"]}
 
@@ -136,7 +138,8 @@ def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any
         hp = model.hparams
         config = (
             f"defaults: {'+'.join(model.model.aggregator.layers)} stride {model.model.aggregator.feature_stride}, "
-            f"k={list(model.model.cell_sizes)}, restorer d{hp.stem_dim}/D{hp.embed_dim}/L{hp.depth}/p{hp.patch_size}"
+            f"k={list(model.model.cell_sizes)}, restorer d{hp.stem_dim}/D{hp.embed_dim}/L{hp.depth}/p{hp.patch_size}, "
+            f"lambda_ssim {hp.lambda_ssim:g}, {'whitened' if hp.whiten_residual else 'plain'} squared error"
         )
         return model, {"config": config, "epochs": args.mfrnet_epochs}
     if name == "PatchCore":

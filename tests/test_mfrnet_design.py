@@ -4,6 +4,7 @@ feature cache and checkpoint compatibility with the first release."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from anomalib_crr import MFRNet
 from anomalib_crr.models.mfrnet import MFRNetModel
 from anomalib_crr.models.mfrnet.components import LEGACY_LAYERS, VisibleNeighbourInpainting, structured_masks
 from anomalib_crr.models.mfrnet.lightning_model import lr_factor_schedule
+from anomalib_crr.models.mfrnet.torch_model import WHITEN_RIDGE
 
 from .helpers import TINY_IMAGE, TINY_MFRNET, tiny_mfrnet
 
@@ -112,33 +114,49 @@ def test_schedule_shape_for_long_and_legacy_runs() -> None:
 
 # ------------------------------------------------------------------ per-k map normalisation, feature cache
 @pytest.fixture(scope="module")
-def fitted(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def fitted(tiny_dataset: Path, module_tmp_dir: Callable[[str], Path]) -> dict[str, Any]:
     torch.manual_seed(0)
     model = tiny_mfrnet()
-    root = tmp_path_factory.mktemp("mfrnet_design")
+    root = module_tmp_dir("mfrnet_design")
     engine = _engine(root, max_epochs=2)
     engine.fit(model=model, datamodule=_datamodule(tiny_dataset))
     return {"model": model, "engine": engine, "root": root, "ckpt": next(root.rglob("*.ckpt"))}
 
 
-def test_map_scale_is_each_k_mean_discrepancy_on_the_training_images(
+def test_map_statistics_are_the_training_images_residual_covariance_and_term_means(
     fitted: dict[str, Any], tiny_dataset: Path
 ) -> None:
     from torchvision.io import read_image
 
     model: MFRNetModel = fitted["model"].model.cpu().eval()
     assert bool(model.map_stats_ready)
+    assert model.whiten_residual
     files = sorted((tiny_dataset / "washer" / "train" / "good").glob("*.png"))
     images = torch.stack([read_image(str(f)).float() / 255 for f in files])
+    num_k, channels = len(model.cell_sizes), model.num_channels
     with torch.no_grad():
-        per_k = model.discrepancy_per_k(model.aggregator(images))
-    torch.testing.assert_close(model.map_scale, per_k.mean(dim=(1, 2, 3)), rtol=1e-4, atol=1e-6)
+        features = model.aggregator(images)
+        repeated, restored = model.test_restorations(features)
+        residual = (repeated - restored).double().view(num_k, -1, channels, *features.shape[-2:])
+        vectors = residual.permute(0, 1, 3, 4, 2).reshape(num_k, -1, channels)
+        covariance = (vectors.transpose(1, 2) @ vectors / vectors.shape[1]).mean(dim=0)
+        terms = model.discrepancy_terms(features)
+    # the whitener inverts the (ridged) residual covariance: W Wᵀ (Σ + ridge I) = I
+    ridge = WHITEN_RIDGE * torch.trace(covariance) / channels
+    whitener = model.residual_whitener.double()
+    identity = whitener @ whitener.T @ (covariance + ridge * torch.eye(channels, dtype=torch.float64))
+    torch.testing.assert_close(identity, torch.eye(channels, dtype=torch.float64), rtol=0, atol=1e-3)
+    assert not torch.allclose(whitener, torch.eye(channels, dtype=torch.float64))
+    # map_scale holds each k's mean of both (whitened squared error, 1 - SSIM) terms on those images
+    torch.testing.assert_close(model.map_scale, terms.mean(dim=(1, 3, 4)), rtol=1e-3, atol=1e-6)
     state = torch.load(fitted["ckpt"], map_location="cpu", weights_only=False)["state_dict"]
     torch.testing.assert_close(state["model.map_scale"], model.map_scale)
-    # the score is the mean of the per-k maps divided by those means
+    torch.testing.assert_close(state["model.residual_whitener"], model.residual_whitener)
+    # the map: each term divided by its mean, weighted by λ_pix and λ_ssim, summed, averaged over k
+    weights = torch.tensor([model.loss.lambda_pix, model.loss.lambda_ssim]).view(1, 1, 2, 1, 1)
     with torch.no_grad():
         out = model(images[:2])
-        combined = (per_k[:, :2] / model.map_scale.view(-1, 1, 1, 1)).mean(dim=0)
+        combined = (terms[:, :2] / model.map_scale.view(num_k, 1, 2, 1, 1) * weights).sum(dim=2).mean(dim=0)
         expected_map, _ = model.anomaly_map_generator(combined, (TINY_IMAGE, TINY_IMAGE))
     torch.testing.assert_close(out.anomaly_map, expected_map)
 
@@ -181,6 +199,7 @@ def _first_release_checkpoint(tmp_path: Path, tiny_dataset: Path) -> tuple[Path,
         "partition": "random",
         "residual": False,
         "map_norm": "none",
+        "whiten_residual": False,
         "lr_decay_at": 0.8,
         "patch_size": 4,
     }
@@ -190,10 +209,10 @@ def _first_release_checkpoint(tmp_path: Path, tiny_dataset: Path) -> tuple[Path,
     checkpoint = torch.load(next((tmp_path / "old").rglob("*.ckpt")), map_location="cpu", weights_only=False)
     hparams = checkpoint["hyper_parameters"]
     for key in ("partition", "residual", "inpaint_sigma", "map_norm", "warmup_fraction", "final_lr_ratio",
-                "cache_features"):  # fmt: skip
+                "cache_features", "whiten_residual"):  # fmt: skip
         hparams.pop(key)
     hparams["layers"] = None  # the first release saved its defaults as None
-    for key in ("model.map_scale", "model.map_stats_ready"):
+    for key in ("model.map_scale", "model.map_stats_ready", "model.residual_whitener"):
         checkpoint["state_dict"].pop(key)
     path = tmp_path / "first_release.ckpt"
     torch.save(checkpoint, path)
@@ -215,3 +234,31 @@ def test_incompatible_checkpoint_names_the_hyper_parameter(tiny_dataset: Path, t
     path, _ = _first_release_checkpoint(tmp_path, tiny_dataset)
     with pytest.raises(ValueError, match=r"(?s)layers: checkpoint \('blocks.1', 'blocks.2', 'blocks.4'\).*residual"):
         _engine(tmp_path / "test").test(model=tiny_mfrnet(), datamodule=_datamodule(tiny_dataset), ckpt_path=path)
+
+
+def test_checkpoint_from_before_the_whitened_residual_scores_unchanged(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The second release stored one map scale per k and had no whitener: it loads and scores as it did."""
+    model = tiny_mfrnet(whiten_residual=False)
+    _engine(tmp_path / "run", max_epochs=1).fit(model=model, datamodule=_datamodule(tiny_dataset))
+    checkpoint = torch.load(next((tmp_path / "run").rglob("*.ckpt")), map_location="cpu", weights_only=False)
+    checkpoint["hyper_parameters"].pop("whiten_residual")
+    state = checkpoint["state_dict"]
+    state.pop("model.residual_whitener")
+    state["model.map_scale"] = state["model.map_scale"][:, 0].clone()  # one scale per k, as that release saved
+    path = tmp_path / "second_release.ckpt"
+    torch.save(checkpoint, path)
+
+    images = torch.rand(2, 3, TINY_IMAGE, TINY_IMAGE)
+    original = model.model.cpu().eval()
+    with torch.no_grad():
+        scale = original.map_scale[:, :1].clone()
+        # that release's map: (λ_pix · MSE + λ_ssim · (1 - SSIM)) / scale_k, averaged over k
+        terms = original.discrepancy_terms(original.aggregator(images))
+        weights = torch.tensor([original.loss.lambda_pix, original.loss.lambda_ssim]).view(1, 1, 2, 1, 1)
+        expected = ((terms * weights).sum(dim=2) / scale.view(-1, 1, 1, 1)).mean(dim=0)
+        expected_map, _ = original.anomaly_map_generator(expected, (TINY_IMAGE, TINY_IMAGE))
+        reloaded = MFRNet.load_from_checkpoint(path).eval()  # today's default whiten_residual=True
+        actual = reloaded.model(images).anomaly_map
+    assert reloaded.model.whiten_residual
+    assert torch.equal(reloaded.model.residual_whitener, torch.eye(reloaded.model.num_channels))
+    torch.testing.assert_close(actual, expected_map)

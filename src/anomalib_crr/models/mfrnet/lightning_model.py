@@ -66,6 +66,7 @@ ARCHITECTURE_KEYS = (
     "patch_size",
     "residual",
     "mask_cell_size",
+    "whiten_residual",
 )
 
 # The first release (no ``residual`` hyper-parameter in its checkpoints): what its hyper-parameters meant.
@@ -111,6 +112,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         inpaint_sigma: σ of the inpainting's Gaussian, in feature positions.
         lambda_pix: Weight of the MSE term (training and map).
         lambda_ssim: Weight of the (1 − SSIM) term (training and map).
+        whiten_residual: In the map, measure the restoration error as the Mahalanobis distance of the residual
+            under its covariance on the normal training images (computed with the map statistics, stored in the
+            checkpoint); training keeps the plain MSE.
         ssim_window: SSIM window size.
         ssim_data_range: SSIM dynamic range ``L``.
         map_norm: ``"train_mean"``: each k's map is divided by its mean over the normal training images (computed
@@ -154,7 +158,8 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         residual: bool = True,
         inpaint_sigma: float = 1.0,
         lambda_pix: float = 1.0,
-        lambda_ssim: float = 1.0,
+        lambda_ssim: float = 2.0,
+        whiten_residual: bool = True,
         ssim_window: int = 11,
         ssim_data_range: float = 1.0,
         map_norm: MapNorm | str = MapNorm.TRAIN_MEAN,
@@ -209,6 +214,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             inpaint_sigma=inpaint_sigma,
             lambda_pix=lambda_pix,
             lambda_ssim=lambda_ssim,
+            whiten_residual=whiten_residual,
             ssim_window=ssim_window,
             ssim_data_range=ssim_data_range,
             map_norm=map_norm,
@@ -290,8 +296,12 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             )
             raise ValueError(msg)
         state = checkpoint.get("state_dict", {})
-        for name, buffer in (("map_scale", self.model.map_scale), ("map_stats_ready", self.model.map_stats_ready)):
-            state.setdefault(f"model.{name}", buffer.detach().clone())
+        for name in ("map_scale", "map_stats_ready", "residual_whitener"):
+            state.setdefault(f"model.{name}", getattr(self.model, name).detach().clone())
+        # Before the whitened residual, one scale per k divided the summed terms; the same scale on both terms
+        # gives the same map, and the identity whitener is the plain MSE, so such checkpoints score unchanged.
+        if state["model.map_scale"].dim() == 1:
+            state["model.map_scale"] = state["model.map_scale"].unsqueeze(-1).repeat(1, 2)
 
     def _resolved(self, key: str, hparams: dict[str, Any]) -> Any:
         """A checkpoint hyper-parameter's effective value (``None`` layers resolved, sequences as tuples)."""
@@ -415,24 +425,40 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     # ------------------------------------------------------------------ per-k map statistics
     @torch.no_grad()
     def compute_map_statistics(self, dataloader: Any) -> None:
-        """Each k's mean test-partition discrepancy over the training images (for ``map_norm="train_mean"``)."""
+        """Residual covariance and each k's mean terms over the training images, under the test partitions.
+
+        One pass accumulates, per k, the residual second moment ``Σ_k = E[r rᵀ]`` and the mean ``1 − SSIM``; the
+        whitener and the mean squared-error term both follow from the ``Σ_k`` (see
+        :meth:`MFRNetModel.set_residual_statistics`). Sums are float64 and all-reduced over DDP ranks.
+        """
         was_training = self.model.training
         self.model.eval()
-        total = torch.zeros(len(self.model.cell_sizes), dtype=torch.float64, device=self.device)
-        count = torch.zeros((), dtype=torch.float64, device=self.device)
+        num_k, channels = len(self.model.cell_sizes), self.model.num_channels
+        moments = torch.zeros(num_k, channels, channels, dtype=torch.float64, device=self.device)
+        structural = torch.zeros(num_k, dtype=torch.float64, device=self.device)
+        images = torch.zeros((), dtype=torch.float64, device=self.device)
+        positions = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in dataloader:
             paths = getattr(batch, "image_path", None)
             if self._can_cache() and paths is not None and all(path in self._feature_cache for path in paths):
                 features = torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
             else:
                 features = self.model.aggregator(self._images(batch))
-            per_k = self.model.discrepancy_per_k(features).double()
-            total += per_k.mean(dim=(2, 3)).sum(dim=1)
-            count += per_k.shape[1]
+            repeated, restored = self.model.test_restorations(features)
+            residual = (repeated.float() - restored.float()).view(num_k, -1, channels, *features.shape[-2:])
+            vectors = residual.permute(0, 1, 3, 4, 2).reshape(num_k, -1, channels)
+            moments += (vectors.transpose(1, 2) @ vectors).double()  # float32 products, float64 running sum
+            terms = self.model.loss.per_term(repeated, restored).view(num_k, features.shape[0], 2, -1)
+            structural += terms[:, :, 1].double().mean(dim=-1).sum(dim=1)
+            images += features.shape[0]
+            positions += vectors.shape[1]
         if self.trainer is not None and self.trainer.world_size > 1:
-            total, count = (self.trainer.strategy.reduce(t, reduce_op="sum") for t in (total, count))
-        if count > 0:
-            self.model.set_map_statistics((total / count).float())
+            moments, structural, images, positions = (
+                self.trainer.strategy.reduce(t, reduce_op="sum") for t in (moments, structural, images, positions)
+            )
+        if images > 0:
+            squared_mean = self.model.set_residual_statistics(moments / positions)
+            self.model.set_map_statistics(torch.stack([squared_mean, (structural / images).float()], dim=1))
         self.model.train(was_training)
 
     def on_validation_epoch_start(self) -> None:
@@ -446,7 +472,8 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
     def _refresh_map_statistics(self) -> None:
         """Recompute the per-k means if the restorer changed since the last computation (during ``fit`` only)."""
-        if self.model.map_norm is MapNorm.NONE or self.trainer is None or self.trainer.train_dataloader is None:
+        needed = self.model.map_norm is not MapNorm.NONE or self.model.whiten_residual
+        if not needed or self.trainer is None or self.trainer.train_dataloader is None:
             return
         if self._map_stats_step == self.global_step and bool(self.model.map_stats_ready):
             return

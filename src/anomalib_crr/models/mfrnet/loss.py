@@ -43,17 +43,41 @@ class HybridLoss(nn.Module):
 
     def per_position(self, features: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """Discrepancy at every feature position, averaged over channels: ``(B, H, W)``."""
+        terms = self.per_term(features, restored)
+        return self.lambda_pix * terms[:, 0] + self.lambda_ssim * terms[:, 1]
+
+    def per_term(
+        self,
+        features: torch.Tensor,
+        restored: torch.Tensor,
+        whitener: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The two unweighted terms at every position, ``(B, 2, H, W)``: squared error and ``1 − SSIM``.
+
+        Args:
+            features: ``(B, C, H, W)``.
+            restored: ``(B, C, H, W)``.
+            whitener: Optional ``(C, C)`` matrix ``W`` with ``W Wᵀ = Σ⁻¹`` for the residual covariance ``Σ`` on
+                normal images: the squared error becomes the Mahalanobis distance ``|Wᵀ(F − F̂)|² / C``. Channels
+                whose restoration error is large on normal images too (texture) then weigh less than channels
+                that normal context predicts well.
+        """
         # Computed in float32 (autocast off): SSIM's variance terms cancel badly in half precision.
         device_type = features.device.type
         if torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
-                return self.per_position(features.float(), restored.float())
+                return self.per_term(features.float(), restored.float(), whitener)
         features, restored = features.float(), restored.float()
-        discrepancy = self.lambda_pix * (features - restored).pow(2).mean(dim=1)
+        residual = features - restored
+        if whitener is not None:
+            residual = (residual.permute(0, 2, 3, 1) @ whitener.float()).permute(0, 3, 1, 2).contiguous()
+        squared = residual.pow(2).mean(dim=1)
         if self.lambda_ssim:
             structural = 1.0 - ssim(features, restored, window_size=self.window_size, max_val=self.data_range)
-            discrepancy = discrepancy + self.lambda_ssim * structural.mean(dim=1)
-        return discrepancy
+            structural = structural.mean(dim=1)
+        else:
+            structural = torch.zeros_like(squared)
+        return torch.stack([squared, structural], dim=1)
 
     def forward(self, features: torch.Tensor, restored: torch.Tensor) -> torch.Tensor:
         """Mean discrepancy over batch, channels and positions (the training loss)."""

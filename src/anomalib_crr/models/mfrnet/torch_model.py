@@ -39,8 +39,13 @@ class Partition(str, Enum):
 class MapNorm(str, Enum):
     """How the per-``k`` maps are weighted before averaging."""
 
-    TRAIN_MEAN = "train_mean"  # divide each k's map by its mean over the normal training images
+    TRAIN_MEAN = "train_mean"  # divide each k's terms by their means over the normal training images
     NONE = "none"  # plain average (the largest-error k dominates)
+
+
+# Ridge added to the residual covariance before inverting it, relative to its mean variance: 90 training images
+# give ~10^5 residual vectors for C = 152 channels, so little is needed; 0.01-0.1 measured alike on tire.
+WHITEN_RIDGE = 0.03
 
 
 def as_cell_sizes(mask_cell_size: int | Sequence[int]) -> tuple[int, ...]:
@@ -78,9 +83,12 @@ class MFRNetModel(nn.Module):
         inpaint_sigma: σ of that inpainting, in feature positions.
         lambda_pix: Weight of the MSE term.
         lambda_ssim: Weight of the (1 − SSIM) term.
+        whiten_residual: Score the squared-error term as the Mahalanobis distance of the residual ``F − F̂`` under
+            its covariance on the normal training images (training keeps the plain MSE).
         ssim_window: SSIM Gaussian window size.
         ssim_data_range: SSIM dynamic range ``L``.
-        map_norm: ``"train_mean"`` (each k's map divided by its mean on the training images) or ``"none"``.
+        map_norm: ``"train_mean"`` (each k's two terms divided by their means on the training images) or
+            ``"none"``.
         blur_sigma: σ of the Gaussian on the upsampled map (0: none).
         score_mode: ``"max"`` or ``"top1_mean"``.
     """
@@ -107,7 +115,8 @@ class MFRNetModel(nn.Module):
         residual: bool = True,
         inpaint_sigma: float = 1.0,
         lambda_pix: float = 1.0,
-        lambda_ssim: float = 1.0,
+        lambda_ssim: float = 2.0,
+        whiten_residual: bool = True,
         ssim_window: int = 11,
         ssim_data_range: float = 1.0,
         map_norm: MapNorm | str = MapNorm.TRAIN_MEAN,
@@ -154,10 +163,13 @@ class MFRNetModel(nn.Module):
             inpaint_sigma=inpaint_sigma,
         )
         self.loss = HybridLoss(lambda_pix, lambda_ssim, window_size=ssim_window, data_range=ssim_data_range)
+        self.whiten_residual = whiten_residual
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_mode=score_mode)
-        # Mean test-partition discrepancy of each k over the normal training images; in the checkpoint.
-        self.register_buffer("map_scale", torch.ones(len(self.cell_sizes)))
+        # Mean of each k's (squared-error, 1 - SSIM) terms over the normal training images; in the checkpoint.
+        self.register_buffer("map_scale", torch.ones(len(self.cell_sizes), 2))
         self.register_buffer("map_stats_ready", torch.tensor(False))
+        # W with W Wᵀ = (residual covariance + ridge)⁻¹ on the normal training images (identity until fitted).
+        self.register_buffer("residual_whitener", torch.eye(self.aggregator.num_channels))
 
     @property
     def num_channels(self) -> int:
@@ -214,11 +226,14 @@ class MFRNetModel(nn.Module):
         restored = self.restorer(copies, visible.flatten(0, 1)).view(batch, num_masks, *features.shape[1:])
         return (restored * hidden.to(restored.dtype).unsqueeze(2)).sum(dim=1)
 
-    def discrepancy_per_k(self, features: torch.Tensor) -> torch.Tensor:
-        """Hybrid discrepancy under each fixed test partition, before normalisation: ``(K, B, h, w)``.
+    def test_restorations(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features repeated once per ``k`` and their restorations under the fixed test partitions.
 
         All ``K·n`` masked copies of the batch go through the restorer in one call (one large matrix product is
         faster than ``K`` small ones at batch 1 on a CPU).
+
+        Returns:
+            ``(features, restored)``, each ``(K·B, C, h, w)``, ``k``-major.
         """
         feature_size = (features.shape[-2], features.shape[-1])
         batch = features.shape[0]
@@ -226,20 +241,50 @@ class MFRNetModel(nn.Module):
             [m.to(features.device).expand(batch, -1, -1, -1) for m in self.test_masks(feature_size)], dim=0
         )
         repeated = features.repeat(len(self.cell_sizes), 1, 1, 1)
-        restored = self.restore(repeated, hidden)
-        return self.loss.per_position(repeated, restored).view(len(self.cell_sizes), batch, *feature_size)
+        return repeated, self.restore(repeated, hidden)
 
-    def combine(self, per_k: torch.Tensor) -> torch.Tensor:
-        """Average the per-k maps, each divided by its training-image mean when ``map_norm="train_mean"``."""
+    def discrepancy_terms(self, features: torch.Tensor) -> torch.Tensor:
+        """Both discrepancy terms under each fixed test partition, before normalisation: ``(K, B, 2, h, w)``."""
+        repeated, restored = self.test_restorations(features)
+        whitener = self.residual_whitener if self.whiten_residual else None
+        terms = self.loss.per_term(repeated, restored, whitener)
+        return terms.view(len(self.cell_sizes), features.shape[0], 2, *terms.shape[-2:])
+
+    def combine(self, terms: torch.Tensor) -> torch.Tensor:
+        """Terms ``(K, B, 2, h, w)`` → map ``(B, h, w)``: ÷ training means, λ-weighted sum, mean over k.
+
+        Normalising each term separately puts the Mahalanobis term (mean ≈ 1) and the SSIM term (mean ≈ 0.3 on
+        tire) on the same footing, so the λ are their relative weights on normal images.
+        """
         if self.map_norm is MapNorm.TRAIN_MEAN:
-            per_k = per_k / self.map_scale.to(per_k.dtype).view(-1, 1, 1, 1)
-        return per_k.mean(dim=0)
+            terms = terms / self.map_scale.to(terms.dtype).view(len(self.cell_sizes), 1, 2, 1, 1)
+        weights = torch.tensor([self.loss.lambda_pix, self.loss.lambda_ssim], dtype=terms.dtype, device=terms.device)
+        return (terms * weights.view(1, 1, 2, 1, 1)).sum(dim=2).mean(dim=0)
 
     @torch.no_grad()
-    def set_map_statistics(self, mean_per_k: torch.Tensor) -> None:
-        """Store each k's mean discrepancy on normal training images (floored, so a perfect fit cannot divide by 0)."""
-        self.map_scale.copy_(mean_per_k.clamp_min(1e-6))
+    def set_map_statistics(self, term_means: torch.Tensor) -> None:
+        """Store each k's mean terms on normal training images (floored, so a perfect fit cannot divide by 0)."""
+        self.map_scale.copy_(term_means.view_as(self.map_scale).clamp_min(1e-6))
         self.map_stats_ready.fill_(True)
+
+    @torch.no_grad()
+    def set_residual_statistics(self, second_moments: torch.Tensor) -> torch.Tensor:
+        """Fit the whitener from each k's residual second moment ``E[r rᵀ]`` on normal images, ``(K, C, C)``.
+
+        One whitener for all k (their pooled moment). Returns each k's mean squared-error term under it,
+        ``trace(W Wᵀ Σ_k) / C``, i.e. the training mean of the term that :meth:`discrepancy_terms` reports.
+        """
+        moments = second_moments.double()
+        channels = moments.shape[-1]
+        if not self.whiten_residual:
+            return torch.diagonal(moments, dim1=-2, dim2=-1).sum(-1).div(channels).float()
+        pooled = moments.mean(dim=0)
+        ridge = WHITEN_RIDGE * torch.trace(pooled).clamp_min(1e-12) / channels
+        identity = torch.eye(channels, dtype=pooled.dtype, device=pooled.device)
+        precision = torch.linalg.inv(pooled + ridge * identity)
+        precision = 0.5 * (precision + precision.T)  # exact symmetry for the Cholesky factorisation
+        self.residual_whitener.copy_(torch.linalg.cholesky(precision).to(self.residual_whitener.dtype))
+        return torch.einsum("cd,kdc->k", precision, moments).div(channels).float()
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | InferenceBatch:
         """Training: ``(features, restored)`` for the loss, with random masks. Eval: ``InferenceBatch``."""
@@ -252,6 +297,6 @@ class MFRNetModel(nn.Module):
 
     def score(self, features: torch.Tensor, image_size: tuple[int, int]) -> InferenceBatch:
         """Anomaly map and score from standardised features."""
-        discrepancy = self.combine(self.discrepancy_per_k(features))
+        discrepancy = self.combine(self.discrepancy_terms(features))
         anomaly_map, pred_score = self.anomaly_map_generator(discrepancy, image_size)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
