@@ -117,8 +117,8 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             checkpoint); training keeps the plain MSE.
         ssim_window: SSIM window size.
         ssim_data_range: SSIM dynamic range ``L``.
-        map_norm: ``"train_mean"``: each k's map is divided by its mean over the normal training images (computed
-            before every validation and at the end of training, stored in the checkpoint); ``"none"``.
+        map_norm: ``"train_mean"``: each k's two terms are divided by their means over the normal training images
+            (computed before every validation and at the end of training, stored in the checkpoint); ``"none"``.
         blur_sigma: σ of the Gaussian smoothing of the upsampled map.
         score_mode: ``"max"`` (default) or ``"top1_mean"``.
         lr: Adam peak learning rate.

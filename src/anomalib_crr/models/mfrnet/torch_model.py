@@ -164,6 +164,8 @@ class MFRNetModel(nn.Module):
         )
         self.loss = HybridLoss(lambda_pix, lambda_ssim, window_size=ssim_window, data_range=ssim_data_range)
         self.whiten_residual = whiten_residual
+        # (λ_pix, λ_ssim) as a tensor once, not one allocation per forward; not saved (the hparams hold them).
+        self.register_buffer("term_weights", torch.tensor([lambda_pix, lambda_ssim]), persistent=False)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_mode=score_mode)
         # Mean of each k's (squared-error, 1 - SSIM) terms over the normal training images; in the checkpoint.
         self.register_buffer("map_scale", torch.ones(len(self.cell_sizes), 2))
@@ -258,8 +260,7 @@ class MFRNetModel(nn.Module):
         """
         if self.map_norm is MapNorm.TRAIN_MEAN:
             terms = terms / self.map_scale.to(terms.dtype).view(len(self.cell_sizes), 1, 2, 1, 1)
-        weights = torch.tensor([self.loss.lambda_pix, self.loss.lambda_ssim], dtype=terms.dtype, device=terms.device)
-        return (terms * weights.view(1, 1, 2, 1, 1)).sum(dim=2).mean(dim=0)
+        return (terms * self.term_weights.to(terms.dtype).view(1, 1, 2, 1, 1)).sum(dim=2).mean(dim=0)
 
     @torch.no_grad()
     def set_map_statistics(self, term_means: torch.Tensor) -> None:
