@@ -71,6 +71,63 @@ def test_structured_training_partitions_vary_and_the_test_partition_is_the_plain
     assert torch.equal(fixed[0], fixed[1])
 
 
+@pytest.mark.parametrize("offset", [1, 2, 3, (3, 0), (0, 2)])
+def test_offset_structured_masks_tile_the_map_in_shifted_cells(offset: int | tuple[int, int]) -> None:
+    cell, height, width = 4, 16, 24
+    hidden = structured_masks(2, (height, width), cell, 3, randomize=False, offset=offset)
+    assert hidden.shape == (2, 3, height, width)
+    assert torch.equal(hidden.sum(dim=1), torch.ones(2, height, width))  # complementary
+    rows, cols = (offset, offset) if isinstance(offset, int) else offset
+    # extend the partial border cells to full ones: the shifted map is then constant on k x k cells
+    pads = (cols, -(width + cols) % cell, rows, -(height + rows) % cell)
+    padded = torch.nn.functional.pad(hidden, pads, mode="replicate")
+    cells = padded[..., ::cell, ::cell]
+    assert torch.equal(cells.repeat_interleave(cell, 2).repeat_interleave(cell, 3), padded)
+    assert not (cells[..., 1:, :] * cells[..., :-1, :]).any()  # hidden cells keep visible edge neighbours
+    assert not (cells[..., :, 1:] * cells[..., :, :-1]).any()
+    aligned = structured_masks(1, (height, width), cell, 3, randomize=False)
+    assert torch.equal(hidden[0, :, : height - rows, : width - cols], aligned[0, :, rows:, cols:])  # moved grid
+    assert not torch.equal(hidden[0], aligned[0])
+
+
+@pytest.mark.parametrize("offset", [-1, 4, (0, 4)])
+def test_offset_outside_a_cell_is_rejected(offset: int | tuple[int, int]) -> None:
+    with pytest.raises(ValueError, match=r"offset must be in \[0, cell_size=4\)"):
+        structured_masks(1, (16, 16), 4, 3, randomize=False, offset=offset)
+
+
+def test_test_grids_shifted_aligned_and_average() -> None:
+    aligned, shifted = tiny_model(test_grid="aligned"), tiny_model()  # the default is shifted
+    assert shifted.test_grid.value == "shifted"
+    for k, plain, moved in zip(
+        shifted.cell_sizes, aligned.test_masks((16, 16)), shifted.test_masks((16, 16)), strict=True
+    ):
+        assert plain.shape == moved.shape == (1, 3, 16, 16)
+        half = k // 2
+        assert torch.equal(moved[..., : 16 - half, : 16 - half], plain[..., half:, half:])
+        assert not torch.equal(moved, plain)
+    average = tiny_model(test_grid="average")
+    assert average.num_test_phases == 4
+    assert average.test_offsets(4) == [(2, 2), (0, 0), (2, 0), (0, 2)]
+    assert all(m.shape == (4, 3, 16, 16) for m in average.test_masks((16, 16)))
+    assert tiny_model(test_grid="average", partition="random").num_test_phases == 1  # random splits have no grid
+
+
+def test_averaged_test_grid_scores_the_mean_of_its_phases() -> None:
+    model = tiny_model(test_grid="average").eval()
+    _perturb_restorer(model)
+    features = torch.randn(2, model.num_channels, 16, 16)
+    with torch.no_grad():
+        terms = model.discrepancy_terms(features)
+        assert terms.shape == (2, 2, 2, 16, 16)  # (K, B, 2, h, w)
+        for index, k in enumerate(model.cell_sizes):
+            phases = []
+            for offset in model.test_offsets(k):
+                hidden = model._offset_masks((16, 16), k, offset).expand(2, -1, -1, -1)
+                phases.append(model.loss.per_term(features, model.restore(features, hidden)))
+            torch.testing.assert_close(terms[index], torch.stack(phases).mean(dim=0))
+
+
 def test_training_partitions_are_random_per_image_and_test_partitions_fixed() -> None:
     hidden = crossed_masks(4, (16, 16), 2, 3)
     assert not all(torch.equal(hidden[0], hidden[i]) for i in range(1, 4))
@@ -106,17 +163,20 @@ def test_oracle_restorer_recombines_exactly_and_each_position_comes_from_its_hid
     assert torch.equal(restored, expected)
 
 
-@pytest.mark.parametrize("partition", ["structured", "random"])
-def test_changing_a_cell_does_not_change_its_own_restoration(partition: str) -> None:
-    model = tiny_model(partition=partition).eval()
+@pytest.mark.parametrize(("partition", "test_grid"), [("structured", "shifted"), ("structured", "aligned"),
+                                                      ("random", "aligned")])  # fmt: skip
+def test_changing_a_cell_does_not_change_its_own_restoration(partition: str, test_grid: str) -> None:
+    model = tiny_model(partition=partition, test_grid=test_grid).eval()
     _perturb_restorer(model)  # away from the zero-initialised residual: the learned path must not leak either
     features = torch.randn(1, model.num_channels, 16, 16)
     hidden = model.test_masks((16, 16))[1]  # k = 4
+    row, col = model.test_offsets(4)[0]
+    cell = (..., slice(4 + row, 8 + row), slice(8 + col, 12 + col))  # one 4x4 cell of the test grid
     changed = features.clone()
-    changed[..., 4:8, 8:12] += 10.0  # one 4x4 cell
+    changed[cell] += 10.0
     with torch.no_grad():
         before, after = model.restore(features, hidden), model.restore(changed, hidden)
-    torch.testing.assert_close(after[..., 4:8, 8:12], before[..., 4:8, 8:12], rtol=0, atol=1e-5)
+    torch.testing.assert_close(after[cell], before[cell], rtol=0, atol=1e-5)
     assert (after - before).abs().amax() > 1e-3  # the change does reach other cells (context is used)
 
 

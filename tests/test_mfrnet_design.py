@@ -18,7 +18,7 @@ from anomalib_crr import MFRNet
 from anomalib_crr.models.mfrnet import MFRNetModel
 from anomalib_crr.models.mfrnet.components import LEGACY_LAYERS, VisibleNeighbourInpainting, structured_masks
 from anomalib_crr.models.mfrnet.lightning_model import lr_factor_schedule
-from anomalib_crr.models.mfrnet.torch_model import WHITEN_RIDGE
+from anomalib_crr.models.mfrnet.torch_model import WHITEN_RIDGE, TestGrid
 
 from .helpers import TINY_IMAGE, TINY_MFRNET, tiny_mfrnet
 
@@ -159,6 +159,23 @@ def test_map_statistics_are_the_training_images_residual_covariance_and_term_mea
         combined = (terms[:, :2] / model.map_scale.view(num_k, 1, 2, 1, 1) * weights).sum(dim=2).mean(dim=0)
         expected_map, _ = model.anomaly_map_generator(combined, (TINY_IMAGE, TINY_IMAGE))
     torch.testing.assert_close(out.anomaly_map, expected_map)
+
+
+def test_checkpoint_from_before_the_test_grid_scores_with_the_aligned_grid(
+    fitted: dict[str, Any], tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Its map statistics were fitted under the aligned test split, so it keeps scoring with that split."""
+    checkpoint = torch.load(fitted["ckpt"], map_location="cpu", weights_only=False)
+    assert TestGrid(checkpoint["hyper_parameters"].pop("test_grid")) is TestGrid.SHIFTED
+    path = tmp_path / "before_test_grid.ckpt"
+    torch.save(checkpoint, path)
+    assert MFRNet.load_from_checkpoint(path).model.test_grid is TestGrid.ALIGNED
+    model = tiny_mfrnet()  # built from today's defaults, as ``anomalib test --ckpt_path`` does
+    _engine(tmp_path / "test").test(model=model, datamodule=_datamodule(tiny_dataset), ckpt_path=path)
+    assert model.model.test_grid is TestGrid.ALIGNED
+    current = tiny_mfrnet(test_grid="average")  # a current checkpoint: its own grid wins as well
+    _engine(tmp_path / "test2").test(model=current, datamodule=_datamodule(tiny_dataset), ckpt_path=fitted["ckpt"])
+    assert current.model.test_grid is TestGrid.SHIFTED
 
 
 def test_training_features_come_from_the_cache_after_the_first_epoch(fitted: dict[str, Any]) -> None:

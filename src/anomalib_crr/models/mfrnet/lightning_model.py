@@ -46,7 +46,7 @@ from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .anomaly_map import ScoreMode
 from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm
-from .torch_model import MapNorm, MFRNetModel, Partition
+from .torch_model import MapNorm, MFRNetModel, Partition, TestGrid
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ ARCHITECTURE_KEYS = (
 # The first release (no ``residual`` hyper-parameter in its checkpoints): what its hyper-parameters meant.
 LEGACY_HPARAMS: dict[str, Any] = {
     "partition": "random",
+    "test_grid": "aligned",
     "residual": False,
     "map_norm": "none",
     "cache_features": False,
@@ -101,6 +102,10 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         mask_seed: Seed of the fixed test-time partitions (``partition="random"``).
         partition: ``"structured"`` (``(i ± j + offset) mod n``: every hidden cell has visible edge neighbours) or
             ``"random"`` (a uniformly random split, the first release's behaviour).
+        test_grid: Phase of the structured test partition's cell grid. ``"shifted"`` (default): half a cell off the
+            training grid, which scores better on tire at no extra cost (README ablation); ``"aligned"``: as in
+            training (checkpoints from before this option load with it); ``"average"``: mean over four half-cell
+            phases, smoother maps at 4x the restorer cost.
         stem_dim: Restorer stem/head width.
         embed_dim: Restorer transformer width.
         depth: Restorer transformer blocks.
@@ -149,6 +154,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         num_masks: int = 3,
         mask_seed: int = 0,
         partition: Partition | str = Partition.STRUCTURED,
+        test_grid: TestGrid | str = TestGrid.SHIFTED,
         stem_dim: int = 32,
         embed_dim: int = 128,
         depth: int = 2,
@@ -203,6 +209,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             num_masks=num_masks,
             mask_seed=mask_seed,
             partition=partition,
+            test_grid=test_grid,
             image_size=image_size,
             stem_dim=stem_dim,
             embed_dim=embed_dim,
@@ -251,7 +258,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Enums that may appear in saved hyper-parameters."""
-        return (FeatureNorm, ScoreMode, Partition, MapNorm)
+        return (FeatureNorm, ScoreMode, Partition, MapNorm, TestGrid)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> MFRNet:  # type: ignore[override]
@@ -295,6 +302,8 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
                 "training run's config.yaml)."
             )
             raise ValueError(msg)
+        if "test_grid" in saved:
+            self._match_test_grid(TestGrid(saved["test_grid"]))
         state = checkpoint.get("state_dict", {})
         for name in ("map_scale", "map_stats_ready", "residual_whitener"):
             state.setdefault(f"model.{name}", getattr(self.model, name).detach().clone())
@@ -302,6 +311,22 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         # gives the same map, and the identity whitener is the plain MSE, so such checkpoints score unchanged.
         if state["model.map_scale"].dim() == 1:
             state["model.map_scale"] = state["model.map_scale"].unsqueeze(-1).repeat(1, 2)
+
+    def _match_test_grid(self, saved: TestGrid) -> None:
+        """Score with the test grid the checkpoint's map statistics were fitted under.
+
+        The whitener and the per-k means are measured under the test partition; with another grid they would be
+        slightly off, so the checkpoint's grid wins (e.g. ``"aligned"`` for checkpoints that predate the option).
+        """
+        if saved is self.model.test_grid:
+            return
+        logger.info(
+            "MFRNet: the checkpoint's map statistics were fitted with test_grid=%r; scoring with it instead of %r.",
+            saved.value,
+            self.model.test_grid.value,
+        )
+        self.model.test_grid = saved
+        self.hparams["test_grid"] = saved.value
 
     def _resolved(self, key: str, hparams: dict[str, Any]) -> Any:
         """A checkpoint hyper-parameter's effective value (``None`` layers resolved, sequences as tuples)."""
@@ -448,9 +473,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             residual = (repeated.float() - restored.float()).view(num_k, -1, channels, *features.shape[-2:])
             vectors = residual.permute(0, 1, 3, 4, 2).reshape(num_k, -1, channels)
             moments += (vectors.transpose(1, 2) @ vectors).double()  # float32 products, float64 running sum
-            terms = self.model.loss.per_term(repeated, restored).view(num_k, features.shape[0], 2, -1)
-            structural += terms[:, :, 1].double().mean(dim=-1).sum(dim=1)
-            images += features.shape[0]
+            terms = self.model.loss.per_term(repeated, restored).view(num_k, -1, 2, *features.shape[-2:])
+            structural += terms[:, :, 1].double().mean(dim=(-2, -1)).sum(dim=1)  # summed over phases and images
+            images += features.shape[0] * self.model.num_test_phases
             positions += vectors.shape[1]
         if self.trainer is not None and self.trainer.world_size > 1:
             moments, structural, images, positions = (
@@ -516,13 +541,15 @@ def lr_factor_schedule(
 
 
 def legacy_overrides(hparams: dict[str, Any]) -> dict[str, Any]:
-    """What a first-release checkpoint's hyper-parameters meant (empty for current checkpoints).
+    """What an older checkpoint's hyper-parameters meant (empty for current checkpoints).
 
     The first release had no ``residual`` hyper-parameter; its ``layers=None`` meant the stride-4 layer lists and
-    ``feature_stride`` was always set explicitly.
+    ``feature_stride`` was always set explicitly. Checkpoints without ``test_grid`` scored with the aligned grid.
     """
-    if not hparams or "residual" in hparams:
+    if not hparams:
         return {}
+    if "residual" in hparams:
+        return {} if "test_grid" in hparams else {"test_grid": TestGrid.ALIGNED.value}  # before the shifted grid
     overrides = dict(LEGACY_HPARAMS)
     if hparams.get("layers") is None:
         overrides["layers"] = list(LEGACY_LAYERS.get(hparams.get("backbone", "vgg16"), ()))

@@ -140,8 +140,22 @@ def structured_masks(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     randomize: bool = True,
+    offset: int | tuple[int, int] = 0,
 ) -> torch.Tensor:
-    """Complementary hidden masks ``(B, n, H, W)`` from :func:`structured_partition` (see there)."""
-    grid = cell_grid(feature_size, cell_size)
+    """Complementary hidden masks ``(B, n, H, W)`` from :func:`structured_partition` (see there).
+
+    ``offset`` shifts the cell grid by that many feature positions (one int: both axes; or ``(rows, columns)``);
+    cells cut by the border are partial. The fixed test split uses half a cell, so its cell boundaries fall
+    between other positions than in training.
+    """
+    row_offset, col_offset = (offset, offset) if isinstance(offset, int) else offset
+    if not (0 <= row_offset < cell_size and 0 <= col_offset < cell_size):
+        msg = f"offset must be in [0, cell_size={cell_size}) on both axes, got {offset}"
+        raise ValueError(msg)
+    height, width = feature_size
+    cell_grid(feature_size, cell_size)  # validates the sizes
+    padded = (height + cell_size * bool(row_offset), width + cell_size * bool(col_offset))
+    grid = cell_grid(padded, cell_size)
     subset = structured_partition(batch_size, grid, num_masks, device=device, generator=generator, randomize=randomize)
-    return partition_to_masks(subset, cell_size, num_masks)
+    hidden = partition_to_masks(subset, cell_size, num_masks)
+    return hidden[..., row_offset : row_offset + height, col_offset : col_offset + width]
