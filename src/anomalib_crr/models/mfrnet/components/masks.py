@@ -153,7 +153,7 @@ def structured_masks(
         msg = f"offset must be in [0, cell_size={cell_size}) on both axes, got {offset}"
         raise ValueError(msg)
     height, width = feature_size
-    cell_grid(feature_size, cell_size)  # validates the sizes
+    check_divisible(feature_size, (cell_size,))
     padded = (height + cell_size * bool(row_offset), width + cell_size * bool(col_offset))
     grid = cell_grid(padded, cell_size)
     subset = structured_partition(batch_size, grid, num_masks, device=device, generator=generator, randomize=randomize)
