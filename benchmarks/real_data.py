@@ -8,9 +8,12 @@ set (image AUROC, pixel AUROC, pixel AUPRO at FPR <= 30 %), for several seeds; t
 deviation over the seeds and the fit time. ``image_AUROC_inner`` ranks images by the map's maximum away from the
 border (a band of 1/16 of each side left out): on ``tire`` no defect touches that band, yet the band separates
 defective from good test images (the background differs between acquisitions), so the plain image AUROC can reward
-a model for firing on the border; the inner score shows how well the defects themselves are found. All three use
-the offline ImageNet EfficientNet-Lite0 (``shared/weights/tf_efficientnet_lite0.in1k.safetensors``), inputs
-normalised with mean = std = 0.5:
+a model for firing on the border; the inner score shows how well the defects themselves are found.
+``pixel_AUPRO_location_only`` is the AUPRO of one map given to every test image, the mean of the model's maps over
+the good test images: it knows where the object usually is and nothing about the image at hand. On ``tire`` it is
+already high (the tyre sits at the same place in every image), so a model's AUPRO is best read as its margin over
+this reference. All three use the offline ImageNet EfficientNet-Lite0
+(``shared/weights/tf_efficientnet_lite0.in1k.safetensors``), inputs normalised with mean = std = 0.5:
 
 * MFRNet: its defaults (``blocks.2`` + ``blocks.4`` on a stride-8 grid), the weights file, and the number of
   epochs of ``configs/model/mfrnet.yaml``.
@@ -88,6 +91,7 @@ METRIC_KEYS = {  # result column: evaluator metric name
     "image_AUROC_inner": "image_InnerMaxAUROC",
     "pixel_AUROC": "pixel_AUROC",
     "pixel_AUPRO": "pixel_AUPRO",
+    "pixel_AUPRO_location_only": "pixel_LocationOnlyAUPRO",
 }
 BORDER_FRACTION = 1 / 16  # 16 px at 256²: one stride-16 feature cell
 
@@ -95,6 +99,8 @@ BORDER_FRACTION = 1 / 16  # 16 px at 256²: one stride-16 feature cell
 def _evaluator() -> Any:
     from anomalib.metrics import AUPRO, AUROC, Evaluator
     from torchmetrics.classification import BinaryROC
+
+    from anomalib_crr.benchmark.metrics import LocationOnlyAUPRO
 
     class InnerMaxAUROC(AUROC):
         """Image AUROC of each anomaly map's maximum inside the border band (see the module docstring)."""
@@ -112,6 +118,7 @@ def _evaluator() -> Any:
             InnerMaxAUROC(fields=["anomaly_map", "gt_label"], prefix="image_"),
             AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
             AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", fpr_limit=0.3),
+            LocationOnlyAUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", fpr_limit=0.3),
         ]
     )
 

@@ -253,3 +253,36 @@ def test_shipped_configs_validate() -> None:
     assert by_name["CRR"].init_args["encoder_name"] == by_name["Dinomaly"].init_args["encoder_name"]
     assert by_name["CRR"].init_args["encoder_weights"] is None
     assert by_name["Dinomaly"].offline == {"random_init": True}
+
+
+def test_location_only_aupro_scores_the_good_images_mean_map_for_every_image() -> None:
+    """It equals plain AUPRO on the good images' mean map, ignores each image's own map, and needs a good image."""
+    from anomalib.data import ImageBatch
+    from anomalib.metrics import AUPRO
+
+    from anomalib_crr.benchmark.metrics import LocationOnlyAUPRO
+
+    generator = torch.Generator().manual_seed(0)
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[2, 4:10, 4:10] = True  # the two defects lie in different places
+    masks[3, 20:28, 18:26] = True
+    maps = masks.float() + 0.1 * torch.rand(4, 32, 32, generator=generator)  # each map finds its own defect
+    batch = ImageBatch(
+        image=torch.zeros(4, 3, 32, 32), gt_label=masks.flatten(1).any(1), gt_mask=masks, anomaly_map=maps
+    )
+    location_only = LocationOnlyAUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
+    location_only.update(batch)
+    reference = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
+    reference.update(batch.update(in_place=False, anomaly_map=maps[:2].mean(0, keepdim=True).expand_as(maps)))
+    own_maps = AUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
+    own_maps.update(batch)
+
+    assert float(own_maps.compute()) > 0.99
+    assert float(location_only.compute()) == pytest.approx(float(reference.compute()), abs=1e-6)
+    assert float(location_only.compute()) < 0.5
+    assert torch.equal(torch.cat(location_only.preds), maps)  # the stored maps are left as they were
+
+    defective_only = LocationOnlyAUPRO(fields=["anomaly_map", "gt_mask"], fpr_limit=0.3)
+    defective_only.update(batch.update(in_place=False, gt_mask=masks | True))
+    with pytest.raises(ValueError, match="at least one good test image"):
+        defective_only.compute()

@@ -15,6 +15,7 @@ from anomalib_crr.models.mfrnet.components import (
     MultiScaleFeatureAggregator,
     crossed_masks,
     fixed_masks,
+    fixed_structured_masks,
     load_backbone_weights,
     structured_masks,
 )
@@ -133,6 +134,27 @@ def test_training_partitions_are_random_per_image_and_test_partitions_fixed() ->
     assert not all(torch.equal(hidden[0], hidden[i]) for i in range(1, 4))
     assert torch.equal(fixed_masks((16, 16), 2, 3, seed=0), fixed_masks((16, 16), 2, 3, seed=0))
     assert not torch.equal(fixed_masks((16, 16), 2, 3, seed=0), fixed_masks((16, 16), 2, 3, seed=1))
+
+
+def test_structured_test_split_is_built_once_per_feature_size_and_equals_the_uncached_split() -> None:
+    model = tiny_model()
+    fixed_structured_masks.cache_clear()
+    first = model.test_masks((16, 16))
+    second = model.test_masks((16, 16))
+    for k, (a, b) in enumerate(zip(first, second, strict=True)):
+        uncached = torch.cat(
+            [
+                structured_masks(1, (16, 16), model.cell_sizes[k], model.num_masks, randomize=False, offset=offset)
+                for offset in model.test_offsets(model.cell_sizes[k])
+            ]
+        )
+        assert torch.equal(a, uncached)
+        assert torch.equal(a, b)
+    info = fixed_structured_masks.cache_info()
+    assert info.misses == sum(len(model.test_offsets(k)) for k in model.cell_sizes)
+    assert info.hits == info.misses  # the second call built nothing
+    model.test_masks((32, 16))  # another input size gets its own split
+    assert fixed_structured_masks.cache_info().misses == 2 * info.misses
 
 
 # ------------------------------------------------------------------ checks 2 and 3: recombination, no leakage

@@ -20,6 +20,7 @@ import torch
 from anomalib.metrics import AUPRO, AUROC, AnomalibMetric, Evaluator
 from anomalib.metrics.f1_score import _F1Max
 from torchmetrics.classification import BinaryAveragePrecision
+from torchmetrics.utilities import dim_zero_cat
 
 IMAGE_FIELDS = ["pred_score", "gt_label"]
 PIXEL_FIELDS = ["anomaly_map", "gt_mask"]
@@ -73,6 +74,34 @@ class AP(AnomalibMetric, _FlatAveragePrecision):  # type: ignore[misc]
         >>> ap.name
         'image_AP'
     """
+
+
+class LocationOnlyAUPRO(AUPRO):
+    """AUPRO of one map shared by every test image: the mean of the model's maps over the good test images.
+
+    A reference for reading AUPRO, not a score of the model: on objects that sit at the same place in every image
+    (MVTec 3D-AD ``tire``), a map that only knows where the object is, and nothing about the image at hand, already
+    reaches a high AUPRO (0.84 for MFRNet's mean map on ``tire``). A model's AUPRO above its location-only AUPRO
+    is what it finds in the image itself. Good images are those whose ground-truth mask is empty.
+
+    Example:
+        >>> LocationOnlyAUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", fpr_limit=0.3).name
+        'pixel_LocationOnlyAUPRO'
+    """
+
+    def _compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The PRO curve with every stored map replaced by the good images' mean map."""
+        maps = dim_zero_cat(self.preds)
+        good = dim_zero_cat(self.target).flatten(1).amax(dim=1) == 0
+        if not bool(good.any()):
+            msg = "LocationOnlyAUPRO needs at least one good test image (an empty ground-truth mask)."
+            raise ValueError(msg)
+        stored = self.preds
+        self.preds = [maps[good].float().mean(dim=0, keepdim=True).expand_as(maps)]
+        try:
+            return super()._compute()
+        finally:
+            self.preds = stored
 
 
 def build_metrics() -> list[AnomalibMetric]:

@@ -22,6 +22,7 @@ from .components import (
     check_divisible,
     crossed_masks,
     fixed_masks,
+    fixed_structured_masks,
     structured_masks,
 )
 from .loss import HybridLoss
@@ -243,8 +244,8 @@ class MFRNetModel(nn.Module):
         return [fixed_masks(feature_size, k, self.num_masks, self.mask_seed) for k in self.cell_sizes]
 
     def _offset_masks(self, feature_size: tuple[int, int], cell_size: int, offset: tuple[int, int]) -> torch.Tensor:
-        """The structured test split with its cell grid shifted by ``offset`` positions, ``(1, n, h, w)``."""
-        return structured_masks(1, feature_size, cell_size, self.num_masks, randomize=False, offset=offset)
+        """The structured test split with its cell grid shifted by ``offset`` positions, ``(1, n, h, w)`` (cached)."""
+        return fixed_structured_masks(tuple(feature_size), cell_size, self.num_masks, tuple(offset))
 
     def train_masks(self, batch_size: int, feature_size: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Random hidden masks for one training batch: one ``k`` per batch, a fresh partition per image."""

@@ -5,7 +5,7 @@
 
 from .aggregator import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, MultiScaleFeatureAggregator, load_backbone_weights
 from .inpainting import VisibleNeighbourInpainting
-from .masks import check_divisible, crossed_masks, fixed_masks, structured_masks
+from .masks import check_divisible, crossed_masks, fixed_masks, fixed_structured_masks, structured_masks
 from .restorer import MfrRestorer
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "check_divisible",
     "crossed_masks",
     "fixed_masks",
+    "fixed_structured_masks",
     "load_backbone_weights",
     "structured_masks",
 ]

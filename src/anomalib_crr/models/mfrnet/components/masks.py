@@ -159,3 +159,16 @@ def structured_masks(
     subset = structured_partition(batch_size, grid, num_masks, device=device, generator=generator, randomize=randomize)
     hidden = partition_to_masks(subset, cell_size, num_masks)
     return hidden[..., row_offset : row_offset + height, col_offset : col_offset + width]
+
+
+@functools.lru_cache(maxsize=64)
+def fixed_structured_masks(
+    feature_size: tuple[int, int], cell_size: int, num_masks: int, offset: tuple[int, int]
+) -> torch.Tensor:
+    """The fixed structured test split (``i + j``, grid shifted by ``offset``), ``(1, n, H, W)``, cached.
+
+    Every eval forward needs the same split for a given feature size; building it (pad, partition, one-hot, crop)
+    once per size instead of once per batch keeps it off the inference path, as :func:`fixed_masks` does for the
+    random split. Do not modify the result.
+    """
+    return structured_masks(1, feature_size, cell_size, num_masks, randomize=False, offset=offset)
