@@ -264,11 +264,11 @@ def _use_test_grid(model: Any, grid: str, datamodule: Any) -> None:
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds, per model."""
+    """Mean and standard deviation over seeds, per model, configuration and number of epochs."""
     summary = []
-    for name, config in dict.fromkeys((row["model"], row["config"]) for row in rows):
-        runs = [row for row in rows if row["model"] == name and row["config"] == config]
-        entry: dict[str, Any] = {"model": name, "config": config, "epochs": runs[0]["epochs"]}
+    for name, config, epochs in dict.fromkeys((row["model"], row["config"], row["epochs"]) for row in rows):
+        runs = [row for row in rows if (row["model"], row["config"], row["epochs"]) == (name, config, epochs)]
+        entry: dict[str, Any] = {"model": name, "config": config, "epochs": epochs}
         entry["seeds"] = " ".join(str(row["seed"]) for row in runs)
         for key in (*METRIC_KEYS, "fit_s"):
             values = [row[key] for row in runs if row.get(key) not in (None, "")]
@@ -422,7 +422,8 @@ def main() -> None:
     if args.from_runs:
         rows = [_typed(row) for path in args.from_runs for row in csv.DictReader(path.open())]
         args.seeds = sorted({row["seed"] for row in rows})
-        args.mfrnet_epochs = next((row["epochs"] for row in rows if row["model"] == "MFRNet"), args.mfrnet_epochs)
+        mfrnet_epochs = sorted({int(row["epochs"]) for row in rows if row["model"] == "MFRNet"})
+        args.mfrnet_epochs = " / ".join(map(str, mfrnet_epochs)) or args.mfrnet_epochs
     elif not args.skip_accuracy:
         rows = run_accuracy(args)
     if args.from_runs or not args.skip_accuracy:
