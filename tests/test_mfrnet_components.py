@@ -157,6 +157,25 @@ def test_structured_test_split_is_built_once_per_feature_size_and_equals_the_unc
     assert fixed_structured_masks.cache_info().misses == 2 * info.misses
 
 
+def test_test_split_of_a_symbolic_size_is_built_in_the_exported_graph() -> None:
+    """``torch.export`` with a dynamic size gives a symbolic feature size, which cannot key the cache.
+
+    Only the split is exported (a full model takes minutes to export with dynamic shapes on 2 CPU cores); the
+    program must reproduce the eager split at a size it was not traced with.
+    """
+    model = tiny_model()
+
+    class TestSplit(torch.nn.Module):
+        def forward(self, features: torch.Tensor) -> torch.Tensor:
+            return torch.cat(model.test_masks((features.shape[-2], features.shape[-1])))
+
+    cells_h, cells_w = torch.export.Dim("cells_h", min=2, max=32), torch.export.Dim("cells_w", min=2, max=32)
+    program = torch.export.export(
+        TestSplit(), (torch.zeros(1, 1, 16, 16),), dynamic_shapes={"features": {2: 4 * cells_h, 3: 4 * cells_w}}
+    )
+    torch.testing.assert_close(program.module()(torch.zeros(1, 1, 24, 40)), torch.cat(model.test_masks((24, 40))))
+
+
 # ------------------------------------------------------------------ checks 2 and 3: recombination, no leakage
 class _CopyIndexRestorer(torch.nn.Module):
     """Returns, for copy ``i`` of each image, the constant ``i + 1`` (or the oracle features when given)."""
