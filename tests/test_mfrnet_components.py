@@ -15,10 +15,10 @@ from anomalib_crr.models.mfrnet.components import (
     MultiScaleFeatureAggregator,
     crossed_masks,
     fixed_masks,
-    fixed_structured_masks,
     load_backbone_weights,
     structured_masks,
 )
+from anomalib_crr.models.mfrnet.components.masks import _cached_structured_masks
 
 from .helpers import SHARED_WEIGHTS, TINY_MFRNET
 
@@ -138,7 +138,7 @@ def test_training_partitions_are_random_per_image_and_test_partitions_fixed() ->
 
 def test_structured_test_split_is_built_once_per_feature_size_and_equals_the_uncached_split() -> None:
     model = tiny_model()
-    fixed_structured_masks.cache_clear()
+    _cached_structured_masks.cache_clear()
     first = model.test_masks((16, 16))
     second = model.test_masks((16, 16))
     for k, (a, b) in enumerate(zip(first, second, strict=True)):
@@ -150,11 +150,11 @@ def test_structured_test_split_is_built_once_per_feature_size_and_equals_the_unc
         )
         assert torch.equal(a, uncached)
         assert torch.equal(a, b)
-    info = fixed_structured_masks.cache_info()
+    info = _cached_structured_masks.cache_info()
     assert info.misses == sum(len(model.test_offsets(k)) for k in model.cell_sizes)
     assert info.hits == info.misses  # the second call built nothing
     model.test_masks((32, 16))  # another input size gets its own split
-    assert fixed_structured_masks.cache_info().misses == 2 * info.misses
+    assert _cached_structured_masks.cache_info().misses == 2 * info.misses
 
 
 def test_test_split_of_a_symbolic_size_is_built_in_the_exported_graph() -> None:

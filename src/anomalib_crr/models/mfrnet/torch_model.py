@@ -244,14 +244,8 @@ class MFRNetModel(nn.Module):
         return [fixed_masks(feature_size, k, self.num_masks, self.mask_seed) for k in self.cell_sizes]
 
     def _offset_masks(self, feature_size: tuple[int, int], cell_size: int, offset: tuple[int, int]) -> torch.Tensor:
-        """The structured test split with its cell grid shifted by ``offset`` positions, ``(1, n, h, w)``.
-
-        Cached per size when the size is concrete; a symbolic size (``torch.export`` with a dynamic input shape)
-        cannot be a cache key, so the split is then built in the graph.
-        """
-        if all(isinstance(size, int) for size in feature_size):
-            return fixed_structured_masks(tuple(feature_size), cell_size, self.num_masks, tuple(offset))
-        return structured_masks(1, feature_size, cell_size, self.num_masks, randomize=False, offset=offset)
+        """The structured test split with its cell grid shifted by ``offset`` positions, ``(1, n, h, w)``."""
+        return fixed_structured_masks(feature_size, cell_size, self.num_masks, offset)
 
     def train_masks(self, batch_size: int, feature_size: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Random hidden masks for one training batch: one ``k`` per batch, a fresh partition per image."""

@@ -161,14 +161,22 @@ def structured_masks(
     return hidden[..., row_offset : row_offset + height, col_offset : col_offset + width]
 
 
-@functools.lru_cache(maxsize=64)
 def fixed_structured_masks(
     feature_size: tuple[int, int], cell_size: int, num_masks: int, offset: tuple[int, int]
 ) -> torch.Tensor:
-    """The fixed structured test split (``i + j``, grid shifted by ``offset``), ``(1, n, H, W)``, cached.
+    """The fixed structured test split (``i + j``, grid shifted by ``offset``), ``(1, n, H, W)``.
 
-    Every eval forward needs the same split for a given feature size; building it (pad, partition, one-hot, crop)
-    once per size instead of once per batch keeps it off the inference path, as :func:`fixed_masks` does for the
-    random split. Do not modify the result.
+    Every eval forward needs the same split for a given feature size, so a concrete size is built once and cached,
+    as :func:`fixed_masks` does for the random split; do not modify the result. A symbolic size (``torch.export``
+    with a dynamic input shape) cannot be a cache key, so its split is built in the graph.
     """
+    if all(isinstance(size, int) for size in feature_size):
+        return _cached_structured_masks(tuple(feature_size), cell_size, num_masks, tuple(offset))
+    return structured_masks(1, feature_size, cell_size, num_masks, randomize=False, offset=offset)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_structured_masks(
+    feature_size: tuple[int, int], cell_size: int, num_masks: int, offset: tuple[int, int]
+) -> torch.Tensor:
     return structured_masks(1, feature_size, cell_size, num_masks, randomize=False, offset=offset)
