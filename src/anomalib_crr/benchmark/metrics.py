@@ -81,7 +81,7 @@ class LocationOnlyAUPRO(AUPRO):
 
     A reference for reading AUPRO, not a score of the model: on objects that sit at the same place in every image
     (MVTec 3D-AD ``tire``), a map that only knows where the object is, and nothing about the image at hand, already
-    reaches a high AUPRO (0.84 for MFRNet's mean map on ``tire``). A model's AUPRO above its location-only AUPRO
+    reaches a high AUPRO (0.85 for MFRNet's mean map on ``tire``). A model's AUPRO above its location-only AUPRO
     is what it finds in the image itself. Good images are those whose ground-truth mask is empty.
 
     Example:
