@@ -535,12 +535,16 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             synthetic = self.synthesizer(images, foreground)
             encoder_maps, decoder_maps = self.model.extract_features(synthetic.image)
         logits = self.model.segment(encoder_maps, decoder_maps)
-        target = F.interpolate(synthetic.mask, size=logits.shape[-2:], mode="bilinear", align_corners=False) > 0.5
-        loss = self.seg_loss(logits, target)
+        loss = self.seg_loss(logits, self.stage2_target(synthetic.mask, logits.shape[-2:]))
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(self._with_idle_parameters(loss, [self.model.bottleneck, self.model.decoder]))
         optimizer.step()
         return loss.detach()
+
+    @staticmethod
+    def stage2_target(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The synthetic mask at the seg head's size, binarised as the official code does (``< 0.5`` → 0)."""
+        return F.interpolate(mask, size=size, mode="bilinear", align_corners=False) >= 0.5
 
     def unfinished_fit_message(self) -> str | None:
         """How far the two stages got, when the fit ended before ``stage1_steps + stage2_steps``.

@@ -22,11 +22,12 @@ it and the first mismatches in the official names.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from .components.encoder import timm_checkpoint_filter
 
 if TYPE_CHECKING:
     from .torch_model import CrrModel
@@ -94,8 +95,7 @@ def official_model_key(key: str) -> str | None:
 def _convert_encoder(official: dict[str, torch.Tensor], model: CrrModel) -> dict[str, torch.Tensor]:
     """Meta's DINOv2 keys (``encoder.`` stripped) → our pruned timm encoder's keys, through timm's converter."""
     vit = model.encoder.feature_extractor
-    checkpoint_filter_fn = sys.modules[type(vit).__module__].checkpoint_filter_fn
-    converted = checkpoint_filter_fn(dict(official), vit)
+    converted = timm_checkpoint_filter(vit)(dict(official), vit)
     depth = len(vit.blocks)
     kept = {}
     for key, value in converted.items():

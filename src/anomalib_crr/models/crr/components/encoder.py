@@ -20,6 +20,7 @@ import contextlib
 import logging
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
@@ -27,6 +28,8 @@ import torch
 from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 
 from anomalib_crr.models.components import hub_id, offline_hub_if_unreachable
+
+from .pos_embed import use_official_pos_embed
 
 logger = logging.getLogger(__name__)
 
@@ -169,12 +172,27 @@ def build_encoder(
     if local_path is not None:
         _load_local_weights(vit, local_path)
     vit.prune_intermediate_layers(indices=list(target_layers), prune_norm=True, prune_head=True)
+    use_official_pos_embed(vit)  # DINOv2: Meta's position-table resize (offset 0.1, no antialias); DINOv3: as is
     for param in encoder.parameters():
         param.requires_grad = False
     encoder.target_layers = target_layers
     encoder.embed_dim = vit.embed_dim
     encoder.num_heads = vit.blocks[0].attn.num_heads
     return encoder.eval()
+
+
+def timm_checkpoint_filter(vit: torch.nn.Module) -> Callable[[dict, torch.nn.Module], dict]:
+    """The ``checkpoint_filter_fn`` of the timm module that defines ``vit``'s model class (or a base of it).
+
+    Looked up along the class hierarchy because CRR's DINOv2 encoder is a subclass of timm's
+    ``VisionTransformer`` defined outside timm (:mod:`.pos_embed`).
+    """
+    for cls in type(vit).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is not None and hasattr(module, "checkpoint_filter_fn"):
+            return module.checkpoint_filter_fn
+    msg = f"No timm checkpoint converter found for '{type(vit).__name__}'"  # pragma: no cover
+    raise RuntimeError(msg)  # pragma: no cover
 
 
 def _load_local_weights(vit: torch.nn.Module, path: Path) -> None:
@@ -186,7 +204,7 @@ def _load_local_weights(vit: torch.nn.Module, path: Path) -> None:
     """
     from timm.models import load_state_dict
 
-    checkpoint_filter_fn = sys.modules[type(vit).__module__].checkpoint_filter_fn
+    checkpoint_filter_fn = timm_checkpoint_filter(vit)
     try:
         state_dict = load_state_dict(str(path), use_ema=False)
         state_dict = checkpoint_filter_fn(state_dict, vit)
