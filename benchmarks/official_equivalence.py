@@ -220,7 +220,7 @@ def run_official(model: nn.Module, seg_net: nn.Module, blur: nn.Module, images: 
     }
 
 
-def run_ours(module: nn.Module, images: torch.Tensor, seed: int) -> dict:
+def run_ours(module: nn.Module, images: torch.Tensor, seed: int, blur: nn.Module) -> dict:
     """The same points of our model; the RNG is reseeded before each forward that draws the mask."""
     model = module.model
     decoder, handles = capture(list(model.decoder))
@@ -237,6 +237,7 @@ def run_ours(module: nn.Module, images: torch.Tensor, seed: int) -> dict:
         torch.manual_seed(seed)
         output = model(images)
         smoothed = model.gaussian_blur(fused)
+        score_official_blur = model.score(blur(fused))  # isolates the padding: the rest of the score is ours
     for handle in [*handles, *bottleneck_handles]:
         handle.remove()
     count = len(model.decoder)
@@ -252,6 +253,7 @@ def run_ours(module: nn.Module, images: torch.Tensor, seed: int) -> dict:
         "fused": fused,
         "smoothed": smoothed,
         "score": output.pred_score,
+        "score_official_blur": score_official_blur,
     }
 
 
@@ -278,6 +280,7 @@ def compare(official: dict, ours: dict) -> list[tuple[str, float, float, str]]:
     add("smoothed map, interior", official["smoothed"][inner], ours["smoothed"][inner])
     add("smoothed map, 2-px border", official["smoothed"], ours["smoothed"], "documented: blur padding")
     add("image score", official["score"], ours["score"], "documented: blur padding")
+    add("image score, official blur on our fused map", official["score"], ours["score_official_blur"])
     return rows
 
 
@@ -305,7 +308,7 @@ def main() -> int:
         ).eval()
         images = load_images(args.images, args.size, args.batch, args.seed)
         official = run_official(official_model, official_seg, blur, images, args.seed + 1)
-    mine = run_ours(ours, images, args.seed + 1)
+    mine = run_ours(ours, images, args.seed + 1, blur)
     rows = compare(official, mine)
 
     header = f"CRR vs official CRR-MUAD, ViT-{args.arch[0].upper()}/14, {args.size}², {len(images)} images, fp32"
