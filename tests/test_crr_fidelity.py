@@ -106,7 +106,7 @@ def test_stage_two_trains_on_exactly_stage2_batch_size_images(fit: dict[str, Any
     assert len(recorder.seg_loss) == 1
     logits, target = recorder.seg_loss[0]
     assert logits.shape[0] == STAGE2_BATCH
-    expected = F.interpolate(stage2_synthesis["mask"], size=logits.shape[-2:], mode="bilinear") > 0.5
+    expected = F.interpolate(stage2_synthesis["mask"], size=logits.shape[-2:], mode="bilinear") >= 0.5
     assert torch.equal(target, expected)
 
 
