@@ -34,11 +34,11 @@ DINOV2_INTERPOLATE_OFFSET = 0.1
 BICUBIC_A = -0.75  # PyTorch's (and OpenCV's) cubic convolution coefficient
 
 
-def native_grid(pos_embed: torch.Tensor, num_prefix_positions: int) -> int:
-    """Side of the square grid a learned table was trained for (37 for DINOv2: 518 / 14)."""
-    side = math.isqrt(pos_embed.shape[1] - num_prefix_positions)
-    if side * side != pos_embed.shape[1] - num_prefix_positions:  # pragma: no cover - DINOv2 tables are square
-        msg = f"position table of {pos_embed.shape[1] - num_prefix_positions} patch entries is not a square grid"
+def native_grid(patch_pos_embed: torch.Tensor) -> int:
+    """Side of the square grid a (1, S*S, C) patch table was trained for (37 for DINOv2: 518 / 14)."""
+    side = math.isqrt(patch_pos_embed.shape[1])
+    if side * side != patch_pos_embed.shape[1]:  # pragma: no cover - DINOv2 tables are square
+        msg = f"position table of {patch_pos_embed.shape[1]} patch entries is not a square grid"
         raise ValueError(msg)
     return side
 
@@ -49,7 +49,7 @@ def official_patch_pos_embed(patch_pos_embed: torch.Tensor, grid: tuple[int, int
     A grid equal to the native one returns the table itself (Meta skips the resize only for square inputs,
     and the native grid is square).
     """
-    side = native_grid(patch_pos_embed, 0)
+    side = native_grid(patch_pos_embed)
     rows, columns = grid
     if (rows, columns) == (side, side):
         return patch_pos_embed.float()
@@ -109,7 +109,7 @@ def official_patch_pos_embed_traceable(
     With a symbolic grid the native-grid shortcut cannot be taken (a 518² input exported with a dynamic
     size gets the table resampled at scale 37.1 / 37; every other size is exact).
     """
-    side = native_grid(patch_pos_embed, 0)
+    side = native_grid(patch_pos_embed)
     rows, columns = grid
     dim = patch_pos_embed.shape[-1]
     table = patch_pos_embed.float().reshape(side, side, dim)
@@ -176,8 +176,7 @@ class OfficialPosEmbedVisionTransformer(VisionTransformer):
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the cached tables (they are rebuilt on first use)."""
-        state = super().__getstate__()
-        state = dict(state)
+        state = dict(super().__getstate__())
         state.pop("_pos_embed_cache", None)
         return state
 
