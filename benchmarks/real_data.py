@@ -232,6 +232,8 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
             metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
             run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
             rows.append(_result_row(run, metrics, time.perf_counter() - start))
+            if name == "MFRNet":
+                _mfrnet_envelope_inner(rows[-1], model, datamodule, args, seed)
             print(rows[-1], flush=True)
             if name != "MFRNet":
                 continue
@@ -246,6 +248,28 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
                 rows.append(_result_row({**run, "config": config}, metrics, time.perf_counter() - rescore_start))
                 print(rows[-1], flush=True)
     return rows
+
+
+def _mfrnet_envelope_inner(
+    row: dict[str, Any], model: Any, datamodule: Any, args: argparse.Namespace, seed: int
+) -> None:
+    """MFRNet's envelope score away from the border band, and the dump of its discrepancies for the ablation.
+
+    ``image_AUROC_inner`` of the other models is the map's maximum inside the band; MFRNet's image score is not
+    read from the map, so its inner counterpart is the same envelope score with the band's feature positions left
+    out (``mfrnet_image_score.envelope_score``). The map-maximum version stays as ``image_AUROC_inner_map_max``.
+    """
+    from mfrnet_image_score import dump_discrepancies, inner_envelope_auroc
+
+    from anomalib_crr.models.mfrnet.components import ImageScore
+
+    dump = dump_discrepancies(model, datamodule, image_size=args.image_size, fit_s=row["fit_s"])
+    if args.dump_dir is not None:
+        args.dump_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(dump, args.dump_dir / f"{args.dataset}_s{seed}_e{row['epochs']}.pt")
+    if model.model.image_score is ImageScore.ENVELOPE:
+        row["image_AUROC_inner_map_max"] = row["image_AUROC_inner"]
+        row["image_AUROC_inner"] = inner_envelope_auroc(model.model.normal_envelope, dump, BORDER_FRACTION)
 
 
 def _result_row(run: dict[str, Any], metrics: dict[str, Any], total_s: float) -> dict[str, Any]:
@@ -412,6 +436,12 @@ def main() -> None:
         "training",
     )
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--dump-dir",
+        type=Path,
+        default=None,
+        help="store each MFRNet fit's training and test discrepancies here (for benchmarks/mfrnet_image_score.py)",
+    )
     args = parser.parse_args()
     if args.mfrnet_epochs is None:
         args.mfrnet_epochs = default_mfrnet_epochs()

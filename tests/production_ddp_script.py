@@ -102,6 +102,7 @@ def run(name: str, factory: Any, root: str, out: Path, **engine_kwargs: Any) -> 
     if aggregator is not None:
         record["feature_mean"] = aggregator.feature_mean.tolist()
         record["feature_std"] = aggregator.feature_std.tolist()
+        record["envelope"] = model.model.normal_envelope.envelope.flatten().tolist()
     (out / f"{name}_rank{rank}.json").write_text(json.dumps(record))
 
 

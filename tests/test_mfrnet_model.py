@@ -3,6 +3,7 @@ persisted feature statistics, fit/test/predict)."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from anomalib.engine import Engine
 from torchvision.io import read_image
 
 from anomalib_crr import MFRNet
+from anomalib_crr.models.mfrnet.components import ImageScore
 
 from .helpers import TINY_IMAGE, tiny_mfrnet
 
@@ -111,8 +113,9 @@ def test_eval_is_deterministic_across_calls_and_batch_compositions(fitted: dict[
     torch.testing.assert_close(alone.pred_score[0], first.pred_score[1], rtol=1e-4, atol=1e-5)
 
 
-def test_outputs_have_input_size_and_score_is_the_map_maximum(fitted: dict[str, Any]) -> None:
-    model = fitted["model"].model.cpu().eval()
+def test_outputs_have_input_size_and_map_score_is_the_map_maximum(fitted: dict[str, Any]) -> None:
+    model = copy.deepcopy(fitted["model"].model).cpu().eval()
+    model.image_score = ImageScore.MAP  # the score of checkpoints from before the envelope
     with torch.no_grad():
         out = model(torch.rand(2, 3, TINY_IMAGE, TINY_IMAGE))
         other_size = model(torch.rand(1, 3, 96, 128))  # test partitions are built on the fly for other sizes
@@ -121,9 +124,23 @@ def test_outputs_have_input_size_and_score_is_the_map_maximum(fitted: dict[str, 
     assert other_size.anomaly_map.shape == (1, 1, 96, 128)
 
 
+def test_default_score_is_the_top_margin_over_the_envelope(fitted: dict[str, Any]) -> None:
+    model = fitted["model"].model.cpu().eval()
+    assert model.image_score is ImageScore.ENVELOPE
+    images = torch.rand(2, 3, TINY_IMAGE, TINY_IMAGE)
+    with torch.no_grad():
+        out = model(images)
+        discrepancy = model.discrepancy(model.aggregator(images))
+    envelope = model.normal_envelope
+    margin = (envelope.smooth(discrepancy) - envelope.envelope).flatten(1)
+    assert envelope.envelope.shape == (8, 8)  # the feature grid of a 64 px input
+    torch.testing.assert_close(out.pred_score, margin.topk(1, dim=1).values.mean(dim=1))  # 1 % of 64 -> 1
+    assert out.anomaly_map.shape == (2, 1, TINY_IMAGE, TINY_IMAGE)  # the map is unchanged by the score
+
+
 def test_top1_mean_score_mode(tiny_dataset: Path) -> None:
     del tiny_dataset
-    model = tiny_mfrnet(score_mode="top1_mean").model.eval()
+    model = tiny_mfrnet(score_mode="top1_mean", image_score="map").model.eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, TINY_IMAGE, TINY_IMAGE))
     top = out.anomaly_map.flatten().topk(TINY_IMAGE * TINY_IMAGE // 100).values.mean()

@@ -78,6 +78,9 @@ def test_mfrnet_statistics_are_reduced_across_ranks(ddp_runs: dict[str, Any]) ->
     assert rank0["feature_mean"] == rank1["feature_mean"]
     assert rank0["feature_std"] == rank1["feature_std"]
     assert len(set(rank0["feature_mean"])) > 1  # real statistics, not the untouched defaults
+    # The image score's envelope is the maximum over both ranks' images (max-reduced), so the ranks agree.
+    assert rank0["envelope"] == rank1["envelope"]
+    assert len(rank0["envelope"]) == 64  # fitted on the 8 x 8 feature grid, not left empty
 
 
 @pytest.mark.parametrize("name", ["CRR", "MFRNet"])

@@ -45,7 +45,7 @@ from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .anomaly_map import ScoreMode
-from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm
+from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, ImageScore
 from .torch_model import MapNorm, MFRNetModel, Partition, TestGrid
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ LEGACY_HPARAMS: dict[str, Any] = {
     "residual": False,
     "map_norm": "none",
     "cache_features": False,
+    "image_score": ImageScore.MAP.value,
 }
 
 
@@ -125,7 +126,15 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         map_norm: ``"train_mean"``: each k's two terms are divided by their means over the normal training images
             (computed before every validation and at the end of training, stored in the checkpoint); ``"none"``.
         blur_sigma: σ of the Gaussian smoothing of the upsampled map.
-        score_mode: ``"max"`` (default) or ``"top1_mean"``.
+        score_mode: How ``image_score="map"`` reads the smoothed map: ``"max"`` or ``"top1_mean"``.
+        image_score: ``"envelope"`` (default): the image score is the mean of the top ``envelope_top_fraction``
+            of the discrepancy's margin over its per-position maximum on the normal training images (the *normal
+            envelope*, fitted with the map statistics and stored in the checkpoint); it ranks images where the
+            map's maximum does not (README, rows W26-W29). The map is unchanged. ``"map"``: the score is read
+            from the smoothed map (``score_mode``), as before the envelope; checkpoints without the option load
+            with it.
+        envelope_sigma: Gaussian σ, in feature positions, on the discrepancy before the envelope is taken.
+        envelope_top_fraction: Fraction of the feature positions averaged into the envelope score.
         lr: Adam peak learning rate.
         weight_decay: Adam weight decay.
         warmup_fraction: Fraction of the optimizer steps with a linear warm-up to ``lr``.
@@ -171,6 +180,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         map_norm: MapNorm | str = MapNorm.TRAIN_MEAN,
         blur_sigma: float = 4.0,
         score_mode: ScoreMode | str = ScoreMode.MAX,
+        image_score: ImageScore | str = ImageScore.ENVELOPE,
+        envelope_sigma: float = 0.5,
+        envelope_top_fraction: float = 0.01,
         lr: float = 3e-4,
         weight_decay: float = 1e-5,
         warmup_fraction: float = 0.05,
@@ -227,6 +239,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             map_norm=map_norm,
             blur_sigma=blur_sigma,
             score_mode=score_mode,
+            image_score=image_score,
+            envelope_sigma=envelope_sigma,
+            envelope_top_fraction=envelope_top_fraction,
         )
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_fraction, self.final_lr_ratio, self.lr_decay_at = warmup_fraction, final_lr_ratio, lr_decay_at
@@ -258,7 +273,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     @classmethod
     def checkpoint_safe_globals(cls) -> Sequence[Any]:
         """Enums that may appear in saved hyper-parameters."""
-        return (FeatureNorm, ScoreMode, Partition, MapNorm, TestGrid)
+        return (FeatureNorm, ScoreMode, Partition, MapNorm, TestGrid, ImageScore)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> MFRNet:  # type: ignore[override]
@@ -305,8 +320,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         if "test_grid" in saved:
             self._match_test_grid(TestGrid(saved["test_grid"]))
         state = checkpoint.get("state_dict", {})
-        for name in ("map_scale", "map_stats_ready", "residual_whitener"):
-            state.setdefault(f"model.{name}", getattr(self.model, name).detach().clone())
+        self._match_image_score(ImageScore(saved.get("image_score", ImageScore.ENVELOPE)), state)
+        for name in ("map_scale", "map_stats_ready", "residual_whitener", "normal_envelope.envelope"):
+            state.setdefault(f"model.{name}", self.model.get_buffer(name).detach().clone())
         # Before the whitened residual, one scale per k divided the summed terms; the same scale on both terms
         # gives the same map, and the identity whitener is the plain MSE, so such checkpoints score unchanged.
         if state["model.map_scale"].dim() == 1:
@@ -327,6 +343,38 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         )
         self.model.test_grid = saved
         self.hparams["test_grid"] = saved.value
+
+    def _match_image_score(self, saved: ImageScore, state: dict[str, Any]) -> None:
+        """Score as the checkpoint was fitted to, and refuse an envelope checkpoint that lacks its envelope.
+
+        Checkpoints from before the envelope (no ``image_score`` hyper-parameter) score from the map, as they did;
+        the envelope cannot be made up without the training images.
+
+        Raises:
+            ValueError: The checkpoint asks for the envelope score but holds no fitted envelope.
+        """
+        key = "model.normal_envelope.envelope"
+        envelope = state.get(key)
+        if isinstance(envelope, torch.Tensor):
+            self.model.normal_envelope.resize_like(envelope)  # its size is the training grid's, not architecture
+        if saved is ImageScore.ENVELOPE:
+            envelope = state.get(key)
+            if not isinstance(envelope, torch.Tensor) or envelope.numel() == 0:
+                msg = (
+                    f"The checkpoint scores images with image_score='envelope' but holds no fitted envelope "
+                    f"({key!r} is missing or empty). Refit its statistics with "
+                    "model.compute_map_statistics(train_dataloader), or load it with image_score='map'."
+                )
+                raise ValueError(msg)
+        if saved is self.model.image_score:
+            return
+        logger.info(
+            "MFRNet: the checkpoint scores images with image_score=%r; using it instead of %r.",
+            saved.value,
+            self.model.image_score.value,
+        )
+        self.model.image_score = saved
+        self.hparams["image_score"] = saved.value
 
     def _resolved(self, key: str, hparams: dict[str, Any]) -> Any:
         """A checkpoint hyper-parameter's effective value (``None`` layers resolved, sequences as tuples)."""
@@ -398,7 +446,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             total += features.sum(dim=(0, 2, 3))
             total_sq += features.pow(2).sum(dim=(0, 2, 3))
             count += features.shape[0] * features.shape[2] * features.shape[3]
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             total, total_sq, count = (
                 self.trainer.strategy.reduce(t, reduce_op="sum") for t in (total, total_sq, count)
             )
@@ -417,7 +465,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         images of different sizes batch); resizing and centre-cropping are deterministic, anything else
         (flips, colour jitter, random crops) disables the cache.
         """
-        if not self.cache_features or self.trainer is None:
+        if not self.cache_features or self._trainer is None:
             return False
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
         augmentations = getattr(dataset, "augmentations", "unknown")
@@ -454,7 +502,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
         One pass accumulates, per k, the residual second moment ``Σ_k = E[r rᵀ]`` and the mean ``1 − SSIM``; the
         whitener and the mean squared-error term both follow from the ``Σ_k`` (see
-        :meth:`MFRNetModel.set_residual_statistics`). Sums are float64 and all-reduced over DDP ranks.
+        :meth:`MFRNetModel.set_residual_statistics`). Sums are float64 and all-reduced over DDP ranks. With
+        ``image_score="envelope"`` a second pass scores the training images with those statistics and keeps each
+        position's maximum (max-reduced over DDP ranks).
         """
         was_training = self.model.training
         self.model.eval()
@@ -464,11 +514,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         images = torch.zeros((), dtype=torch.float64, device=self.device)
         positions = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch in dataloader:
-            paths = getattr(batch, "image_path", None)
-            if self._can_cache() and paths is not None and all(path in self._feature_cache for path in paths):
-                features = torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
-            else:
-                features = self.model.aggregator(self._images(batch))
+            features = self._statistics_features(batch)
             repeated, restored = self.model.test_restorations(features)
             residual = (repeated.float() - restored.float()).view(num_k, -1, channels, *features.shape[-2:])
             vectors = residual.permute(0, 1, 3, 4, 2).reshape(num_k, -1, channels)
@@ -477,14 +523,42 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             structural += terms[:, :, 1].double().mean(dim=(-2, -1)).sum(dim=1)  # summed over phases and images
             images += features.shape[0] * self.model.num_test_phases
             positions += vectors.shape[1]
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             moments, structural, images, positions = (
                 self.trainer.strategy.reduce(t, reduce_op="sum") for t in (moments, structural, images, positions)
             )
         if images > 0:
             squared_mean = self.model.set_residual_statistics(moments / positions)
             self.model.set_map_statistics(torch.stack([squared_mean, (structural / images).float()], dim=1))
+            if self.model.image_score is ImageScore.ENVELOPE:
+                self.compute_envelope(dataloader)
         self.model.train(was_training)
+
+    @torch.no_grad()
+    def compute_envelope(self, dataloader: Any) -> None:
+        """Each position's maximum of the smoothed discrepancy over the training images (needs the map statistics).
+
+        Why the maximum and not a mean/σ: on ``tire`` and magnetic tile the per-position z-score ranked images less
+        well than the margin over the maximum (README, W26), and a maximum needs no σ floor.
+        """
+        envelope = self.model.normal_envelope
+        maximum = None
+        for batch in dataloader:
+            smoothed = envelope.smooth(self.model.discrepancy(self._statistics_features(batch)).float())
+            batch_max = smoothed.amax(dim=0)
+            maximum = batch_max if maximum is None else torch.maximum(maximum, batch_max)
+        if maximum is None:
+            return
+        if self._trainer is not None and self.trainer.world_size > 1:
+            maximum = self.trainer.strategy.reduce(maximum, reduce_op="max")
+        envelope.set_envelope(maximum)
+
+    def _statistics_features(self, batch: Batch) -> torch.Tensor:
+        """Standardised features of a training batch for the statistics passes (cached when possible)."""
+        paths = getattr(batch, "image_path", None)
+        if self._can_cache() and paths is not None and all(path in self._feature_cache for path in paths):
+            return torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
+        return self.model.aggregator(self._images(batch))
 
     def on_validation_epoch_start(self) -> None:
         """Validation scores (and the post-processor's thresholds) use the current restorer's map statistics."""
@@ -497,7 +571,11 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
     def _refresh_map_statistics(self) -> None:
         """Recompute the per-k means if the restorer changed since the last computation (during ``fit`` only)."""
-        needed = self.model.map_norm is not MapNorm.NONE or self.model.whiten_residual
+        needed = (
+            self.model.map_norm is not MapNorm.NONE
+            or self.model.whiten_residual
+            or self.model.image_score is ImageScore.ENVELOPE
+        )
         if not needed or self.trainer is None or self.trainer.train_dataloader is None:
             return
         if self._map_stats_step == self.global_step and bool(self.model.map_stats_ready):
@@ -544,12 +622,18 @@ def legacy_overrides(hparams: dict[str, Any]) -> dict[str, Any]:
     """What an older checkpoint's hyper-parameters meant (empty for current checkpoints).
 
     The first release had no ``residual`` hyper-parameter; its ``layers=None`` meant the stride-4 layer lists and
-    ``feature_stride`` was always set explicitly. Checkpoints without ``test_grid`` scored with the aligned grid.
+    ``feature_stride`` was always set explicitly. Checkpoints without ``test_grid`` scored with the aligned grid, and
+    checkpoints without ``image_score`` scored images from the map.
     """
     if not hparams:
         return {}
     if "residual" in hparams:
-        return {} if "test_grid" in hparams else {"test_grid": TestGrid.ALIGNED.value}  # before the shifted grid
+        overrides: dict[str, Any] = {}
+        if "test_grid" not in hparams:
+            overrides["test_grid"] = TestGrid.ALIGNED.value  # before the shifted grid
+        if "image_score" not in hparams:
+            overrides["image_score"] = ImageScore.MAP.value  # before the normal envelope
+        return overrides
     overrides = dict(LEGACY_HPARAMS)
     if hparams.get("layers") is None:
         overrides["layers"] = list(LEGACY_LAYERS.get(hparams.get("backbone", "vgg16"), ()))

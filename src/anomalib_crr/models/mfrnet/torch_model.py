@@ -17,8 +17,10 @@ from torch import nn
 from .anomaly_map import AnomalyMapGenerator, ScoreMode
 from .components import (
     FeatureNorm,
+    ImageScore,
     MfrRestorer,
     MultiScaleFeatureAggregator,
+    NormalEnvelope,
     check_divisible,
     crossed_masks,
     fixed_masks,
@@ -101,7 +103,11 @@ class MFRNetModel(nn.Module):
         map_norm: ``"train_mean"`` (each k's two terms divided by their means on the training images) or
             ``"none"``.
         blur_sigma: σ of the Gaussian on the upsampled map (0: none).
-        score_mode: ``"max"`` or ``"top1_mean"``.
+        score_mode: ``"max"`` or ``"top1_mean"``: how ``image_score="map"`` reads the smoothed map.
+        image_score: ``"envelope"``: the top ``envelope_top_fraction`` of the discrepancy's margin over its
+            per-position maximum on the training images (:class:`NormalEnvelope`); ``"map"``: from the map.
+        envelope_sigma: Gaussian σ (feature positions) applied to the discrepancy before the envelope.
+        envelope_top_fraction: Fraction of the feature positions averaged into the envelope score.
     """
 
     def __init__(
@@ -134,6 +140,9 @@ class MFRNetModel(nn.Module):
         map_norm: MapNorm | str = MapNorm.TRAIN_MEAN,
         blur_sigma: float = 4.0,
         score_mode: ScoreMode | str = ScoreMode.MAX,
+        image_score: ImageScore | str = ImageScore.ENVELOPE,
+        envelope_sigma: float = 0.5,
+        envelope_top_fraction: float = 0.01,
     ) -> None:
         super().__init__()
         if num_masks < 2:
@@ -180,6 +189,9 @@ class MFRNetModel(nn.Module):
         # (λ_pix, λ_ssim) as a tensor once, not one allocation per forward; not saved (the hparams hold them).
         self.register_buffer("term_weights", torch.tensor([lambda_pix, lambda_ssim]), persistent=False)
         self.anomaly_map_generator = AnomalyMapGenerator(sigma=blur_sigma, score_mode=score_mode)
+        self.image_score = ImageScore(image_score)
+        # Per-position maximum of the discrepancy on the training images (empty until fitted; in the checkpoint).
+        self.normal_envelope = NormalEnvelope(sigma=envelope_sigma, top_fraction=envelope_top_fraction)
         # Mean of each k's (squared-error, 1 - SSIM) terms over the normal training images; in the checkpoint.
         self.register_buffer("map_scale", torch.ones(len(self.cell_sizes), 2))
         self.register_buffer("map_stats_ready", torch.tensor(False))
@@ -343,6 +355,12 @@ class MFRNetModel(nn.Module):
 
     def score(self, features: torch.Tensor, image_size: tuple[int, int]) -> InferenceBatch:
         """Anomaly map and score from standardised features."""
-        discrepancy = self.combine(self.discrepancy_terms(features))
+        discrepancy = self.discrepancy(features)
         anomaly_map, pred_score = self.anomaly_map_generator(discrepancy, image_size)
+        if self.image_score is ImageScore.ENVELOPE:
+            pred_score = self.normal_envelope(discrepancy)
         return InferenceBatch(pred_score=pred_score, anomaly_map=anomaly_map)
+
+    def discrepancy(self, features: torch.Tensor) -> torch.Tensor:
+        """The combined per-position discrepancy ``(B, h, w)`` of standardised features (before upsampling)."""
+        return self.combine(self.discrepancy_terms(features))

@@ -4,6 +4,7 @@
 """Building blocks of MFRNet."""
 
 from .aggregator import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, MultiScaleFeatureAggregator, load_backbone_weights
+from .envelope import ImageScore, NormalEnvelope
 from .inpainting import VisibleNeighbourInpainting
 from .masks import check_divisible, crossed_masks, fixed_masks, fixed_structured_masks, structured_masks
 from .restorer import MfrRestorer
@@ -12,8 +13,10 @@ __all__ = [
     "DEFAULT_LAYERS",
     "LEGACY_LAYERS",
     "FeatureNorm",
+    "ImageScore",
     "MfrRestorer",
     "MultiScaleFeatureAggregator",
+    "NormalEnvelope",
     "VisibleNeighbourInpainting",
     "check_divisible",
     "crossed_masks",
