@@ -69,6 +69,7 @@ def fit_and_dump(args: argparse.Namespace, seed: int) -> Path:
     from torch.utils.data import Subset
 
     tag = f"e{args.epochs}" + (f"_h{args.stats_holdout:g}" if args.stats_holdout else "")
+    tag += "_aspect" if args.keep_aspect else ""
     path = args.output / "dumps" / f"{args.dataset}_s{seed}_{tag}.pt"
     if path.is_file() and not args.refit:
         return path
@@ -77,7 +78,7 @@ def fit_and_dump(args: argparse.Namespace, seed: int) -> Path:
     model, _ = real_data.build_model("MFRNet", real_args)
     if args.epochs == 0:
         model.lr = 0.0  # one epoch at lr 0: the restorer stays at its initialisation (the parameter-free inpainting)
-    datamodule = real_data.build_datamodule(args.dataset, 8, 0)
+    datamodule = real_data.build_datamodule(args.dataset, 8, 0, args.image_size if args.keep_aspect else None)
     datamodule.setup()
     held_out = None
     if args.stats_holdout:
@@ -301,6 +302,7 @@ def main() -> None:
     parser.add_argument("--stats-holdout", type=float, default=0.0)
     parser.add_argument("--refit", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--keep-aspect", action="store_true", help="resize keeping the aspect ratio, pad to square")
     parser.add_argument("--pixel-report", action="store_true", help="also pixel AUROC per defect type")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()

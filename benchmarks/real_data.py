@@ -123,15 +123,24 @@ def _evaluator() -> Any:
     )
 
 
-def build_datamodule(dataset: str, batch_size: int, num_workers: int) -> Any:
-    """MVTecAD for tire (PNG); Folder for magnetic tile (grayscale JPEG, converted to RGB by anomalib's reader)."""
+def build_datamodule(dataset: str, batch_size: int, num_workers: int, keep_aspect_size: int | None = None) -> Any:
+    """MVTecAD for tire (PNG); Folder for magnetic tile (grayscale JPEG, converted to RGB by anomalib's reader).
+
+    ``keep_aspect_size``: resize each image (and mask) so that its longer side is this size and pad it with black
+    to a square, instead of squashing it (images of very different aspect ratios, e.g. magnetic tile).
+    """
     from anomalib.data import Folder, MVTecAD
 
     info = DATASETS[dataset]
     if not Path(info["root"]).is_dir():
         msg = f"Dataset folder not found: {info['root']}"
         raise SystemExit(msg)
-    common = {"train_batch_size": batch_size, "eval_batch_size": batch_size, "num_workers": num_workers}
+    common: dict[str, Any] = {"train_batch_size": batch_size, "eval_batch_size": batch_size, "num_workers": num_workers}
+    if keep_aspect_size is not None:
+        from torchvision.transforms.v2 import CenterCrop, Compose, Resize
+
+        side = keep_aspect_size
+        common["augmentations"] = Compose([Resize(size=None, max_size=side, antialias=True), CenterCrop(side)])
     if dataset == "tire":
         return MVTecAD(root=info["root"], category=info["category"], **common)
     root = Path(info["root"])
@@ -173,7 +182,7 @@ def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any
             f"defaults: {'+'.join(model.model.aggregator.layers)} stride {model.model.aggregator.feature_stride}, "
             f"k={list(model.model.cell_sizes)}, restorer d{hp.stem_dim}/D{hp.embed_dim}/L{hp.depth}/p{hp.patch_size}, "
             f"lambda_ssim {hp.lambda_ssim:g}, {'whitened' if hp.whiten_residual else 'plain'} squared error, "
-            f"{model.model.test_grid.value} test grid"
+            f"{model.model.test_grid.value} test grid, {model.model.image_score.value} image score"
         )
         return model, {"config": config, "epochs": args.mfrnet_epochs}
     if name == "PatchCore":
@@ -294,7 +303,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         runs = [row for row in rows if (row["model"], row["config"], row["epochs"]) == (name, config, epochs)]
         entry: dict[str, Any] = {"model": name, "config": config, "epochs": epochs}
         entry["seeds"] = " ".join(str(row["seed"]) for row in runs)
-        for key in (*METRIC_KEYS, "fit_s"):
+        for key in (*METRIC_KEYS, "image_AUROC_inner_map_max", "fit_s"):
             values = [row[key] for row in runs if row.get(key) not in (None, "")]
             if not values:
                 continue
