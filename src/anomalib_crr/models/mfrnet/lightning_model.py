@@ -538,8 +538,9 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     def compute_envelope(self, dataloader: Any) -> None:
         """Each position's maximum of the smoothed discrepancy over the training images (needs the map statistics).
 
-        Why the maximum and not a mean/σ: on ``tire`` and magnetic tile the per-position z-score ranked images less
-        well than the margin over the maximum (README, W26), and a maximum needs no σ floor.
+        Why the maximum and not a mean/σ: the per-position z-score ranked magnetic tile's images, and tire's away
+        from the border, less well than the margin over the maximum (README, W26-W27), and a maximum needs no σ
+        floor.
         """
         envelope = self.model.normal_envelope
         maximum = None
