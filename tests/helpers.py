@@ -96,3 +96,10 @@ def onnx_outputs(onnx_path: Path, images: Any) -> dict[str, Any]:
     names = [output.name for output in session.get_outputs()]
     results = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     return dict(zip(names, results, strict=True))
+
+
+def tiny_datamodule(root: Path):
+    """The generated ``washer`` category of ``tiny_dataset``, batches of 4, no workers."""
+    from anomalib.data import MVTecAD
+
+    return MVTecAD(root=root, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)

@@ -15,13 +15,12 @@ from anomalib.engine import Engine
 from anomalib_crr import MFRNet
 from anomalib_crr.models.mfrnet.components import ImageScore, NormalEnvelope
 
-from .helpers import SHARED_WEIGHTS, TINY_IMAGE, onnx_outputs, tiny_mfrnet
+from .helpers import SHARED_WEIGHTS, TINY_IMAGE, onnx_outputs, tiny_datamodule, tiny_mfrnet
 
 TIRE = SHARED_WEIGHTS.parents[1] / "data" / "mvtec3d_rgb"
 
 
-def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
+_datamodule = tiny_datamodule
 
 
 @pytest.fixture(scope="module")

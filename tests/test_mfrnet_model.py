@@ -10,18 +10,15 @@ from typing import Any
 
 import pytest
 import torch
-from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from torchvision.io import read_image
 
 from anomalib_crr import MFRNet
 from anomalib_crr.models.mfrnet.components import ImageScore
 
-from .helpers import TINY_IMAGE, tiny_mfrnet
+from .helpers import TINY_IMAGE, tiny_datamodule, tiny_mfrnet
 
-
-def _datamodule(root: Path) -> MVTecAD:
-    return MVTecAD(root=root, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
+_datamodule = tiny_datamodule
 
 
 @pytest.fixture(scope="module")

@@ -334,15 +334,18 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         The whitener and the per-k means are measured under the test partition; with another grid they would be
         slightly off, so the checkpoint's grid wins (e.g. ``"aligned"`` for checkpoints that predate the option).
         """
-        if saved is self.model.test_grid:
+        self._adopt_checkpoint_setting("test_grid", saved)
+
+    def _adopt_checkpoint_setting(self, name: str, saved: TestGrid | ImageScore) -> None:
+        """Use the checkpoint's ``name`` in the torch model and the hyper-parameters (logged when it differs)."""
+        current = getattr(self.model, name)
+        if saved is current:
             return
         logger.info(
-            "MFRNet: the checkpoint's map statistics were fitted with test_grid=%r; scoring with it instead of %r.",
-            saved.value,
-            self.model.test_grid.value,
+            "MFRNet: the checkpoint was fitted with %s=%r; using it instead of %r.", name, saved.value, current.value
         )
-        self.model.test_grid = saved
-        self.hparams["test_grid"] = saved.value
+        setattr(self.model, name, saved)
+        self.hparams[name] = saved.value
 
     def _match_image_score(self, saved: ImageScore, state: dict[str, Any]) -> None:
         """Score as the checkpoint was fitted to, and refuse an envelope checkpoint that lacks its envelope.
@@ -357,24 +360,14 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         envelope = state.get(key)
         if isinstance(envelope, torch.Tensor):
             self.model.normal_envelope.resize_like(envelope)  # its size is the training grid's, not architecture
-        if saved is ImageScore.ENVELOPE:
-            envelope = state.get(key)
-            if not isinstance(envelope, torch.Tensor) or envelope.numel() == 0:
-                msg = (
-                    f"The checkpoint scores images with image_score='envelope' but holds no fitted envelope "
-                    f"({key!r} is missing or empty). Refit its statistics with "
-                    "model.compute_map_statistics(train_dataloader), or load it with image_score='map'."
-                )
-                raise ValueError(msg)
-        if saved is self.model.image_score:
-            return
-        logger.info(
-            "MFRNet: the checkpoint scores images with image_score=%r; using it instead of %r.",
-            saved.value,
-            self.model.image_score.value,
-        )
-        self.model.image_score = saved
-        self.hparams["image_score"] = saved.value
+        if saved is ImageScore.ENVELOPE and (not isinstance(envelope, torch.Tensor) or envelope.numel() == 0):
+            msg = (
+                f"The checkpoint scores images with image_score='envelope' but holds no fitted envelope "
+                f"({key!r} is missing or empty). Refit its statistics with "
+                "model.compute_map_statistics(train_dataloader), or load it with image_score='map'."
+            )
+            raise ValueError(msg)
+        self._adopt_checkpoint_setting("image_score", saved)
 
     def _resolved(self, key: str, hparams: dict[str, Any]) -> Any:
         """A checkpoint hyper-parameter's effective value (``None`` layers resolved, sequences as tuples)."""
