@@ -103,3 +103,39 @@ def tiny_datamodule(root: Path):
     from anomalib.data import MVTecAD
 
     return MVTecAD(root=root, category="washer", train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+def small_benchmark_config(root: Path, models: list[dict]) -> dict:
+    """A benchmark config over the tiny dataset's one category (per-category jobs, CPU, 2 threads)."""
+    return {
+        "name": "small",
+        "accelerator": "cpu",
+        "threads": 2,
+        "datasets": [
+            {
+                "name": "tiny",
+                "class_path": "MVTecAD",
+                "init_args": {"root": str(root), "num_workers": 0, "train_batch_size": 4, "eval_batch_size": 4},
+                "categories": ["washer"],
+                "mode": "per_category",
+            }
+        ],
+        "models": models,
+    }
+
+
+# Benchmark model entries that finish in seconds on the tiny dataset (random-init backbones).
+PADIM_ENTRY: dict[str, Any] = {
+    "name": "Padim",
+    "class_path": "Padim",
+    "trainer": {"max_epochs": 1},
+    "image_size": [64, 64],
+    "init_args": {"backbone": "resnet18", "layers": ["layer1", "layer2"], "pre_trained": False},
+}
+PATCHCORE_ENTRY: dict[str, Any] = {
+    "name": "Patchcore",
+    "class_path": "Patchcore",
+    "trainer": {"max_epochs": 1},
+    "image_size": [64, 64],
+    "init_args": {"backbone": "resnet18", "layers": ["layer2"], "pre_trained": False, "coreset_sampling_ratio": 0.1},
+}

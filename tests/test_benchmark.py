@@ -5,6 +5,7 @@ The smoke config runs once per module (about 2 minutes on 2 CPU cores); the othe
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from anomalib_crr.benchmark import ConfigError, run
 from anomalib_crr.benchmark.metrics import MAD, METRICS, build_metrics
 from anomalib_crr.benchmark.report import COST_COLUMNS
 from anomalib_crr.cli import run_benchmark_cli
+
+from .helpers import PADIM_ENTRY, small_benchmark_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "benchmark" / "smoke.yaml"
@@ -150,37 +153,14 @@ def test_second_run_skips_finished_jobs_and_rerun_redoes_them(smoke_run: dict) -
     assert results[padim].stat().st_mtime_ns == after[padim]
 
 
-def _small_config(root: Path, models: list[dict]) -> dict:
-    return {
-        "name": "small",
-        "accelerator": "cpu",
-        "threads": 2,
-        "datasets": [
-            {
-                "name": "tiny",
-                "class_path": "MVTecAD",
-                "init_args": {"root": str(root), "num_workers": 0, "train_batch_size": 4, "eval_batch_size": 4},
-                "categories": ["washer"],
-                "mode": "per_category",
-            }
-        ],
-        "models": models,
-    }
-
-
-PADIM = {
-    "name": "Padim",
-    "class_path": "Padim",
-    "trainer": {"max_epochs": 1},
-    "image_size": [64, 64],
-    "init_args": {"backbone": "resnet18", "layers": ["layer1", "layer2"], "pre_trained": False},
-}
-
-
 def test_failing_job_is_reported_and_others_finish(tiny_dataset: Path, tmp_path: Path) -> None:
-    broken = {**PADIM, "name": "PadimBroken", "init_args": {**PADIM["init_args"], "backbone": "no_such_backbone"}}
+    broken = {
+        **PADIM_ENTRY,
+        "name": "PadimBroken",
+        "init_args": {**PADIM_ENTRY["init_args"], "backbone": "no_such_backbone"},
+    }
     config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump(_small_config(tiny_dataset, [broken, PADIM])))
+    config.write_text(yaml.safe_dump(small_benchmark_config(tiny_dataset, [broken, PADIM_ENTRY])))
     output = tmp_path / "run"
     assert run_benchmark_cli(["--config", str(config), "--output", str(output)]) == 1
     frame = _csv(output)
@@ -213,7 +193,7 @@ def _write(tmp_path: Path, config: dict) -> Path:
     ],
 )
 def test_bad_config_is_rejected_before_any_job(tiny_dataset: Path, tmp_path: Path, change, expected: str) -> None:
-    config = _small_config(tiny_dataset, [dict(PADIM, init_args=dict(PADIM["init_args"]))])
+    config = small_benchmark_config(tiny_dataset, [dict(PADIM_ENTRY, init_args=dict(PADIM_ENTRY["init_args"]))])
     change(config)
     path = _write(tmp_path, config)
     with pytest.raises(ConfigError) as info:
@@ -224,7 +204,7 @@ def test_bad_config_is_rejected_before_any_job(tiny_dataset: Path, tmp_path: Pat
 
 
 def test_bad_config_cli_exit_code(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _small_config(tiny_dataset, [dict(PADIM, class_path="anomalib.models.NoSuchModel")])
+    config = small_benchmark_config(tiny_dataset, [dict(PADIM_ENTRY, class_path="anomalib.models.NoSuchModel")])
     assert run_benchmark_cli(["--config", str(_write(tmp_path, config)), "--output", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "anomalib-crr benchmark: error:" in err
@@ -286,3 +266,114 @@ def test_location_only_aupro_scores_the_good_images_mean_map_for_every_image() -
     defective_only.update(batch.update(in_place=False, gt_mask=masks | True))
     with pytest.raises(ValueError, match="at least one good test image"):
         defective_only.compute()
+
+
+# --- pool executor: the smoke config on 2 CPU workers, against the sequential smoke run above -----------------
+
+POOL_TOLERANCE = 1e-4  # 1 torch thread per job in the pool, 2 in the sequential run: float sums may reorder
+
+
+@pytest.fixture(scope="module")
+def smoke_pool_run(smoke_run: dict, module_tmp_dir: Callable[[str], Path]) -> dict:
+    """The smoke config plus a job made to fail, on `pool` with 2 workers, through the CLI entry point."""
+    config = yaml.safe_load(SMOKE.read_text())
+    broken = {**next(m for m in config["models"] if m["name"] == "Padim")}
+    broken.update(name="PadimBroken", init_args={**broken["init_args"], "backbone": "no_such_backbone"})
+    config["models"].append(broken)
+    folder = module_tmp_dir("smoke_pool")
+    path = folder / "smoke_pool.yaml"
+    path.write_text(yaml.safe_dump(config))
+    start = time.perf_counter()
+    code = run_benchmark_cli(
+        ["--config", str(path), "--output", str(folder / "run"), "--executor", "pool", "--workers", "2"]
+    )
+    return {"output": folder / "run", "code": code, "wall_s": time.perf_counter() - start}
+
+
+def _results(output: Path) -> dict[str, dict]:
+    return {d.name: json.loads((d / "result.json").read_text()) for d in (output / "jobs").iterdir()}
+
+
+def test_pool_jobs_overlap_in_time_and_never_exceed_the_workers(smoke_pool_run: dict) -> None:
+    spans = sorted(
+        (r["execution"]["started_at"], r["execution"]["ended_at"]) for r in _results(smoke_pool_run["output"]).values()
+    )
+    assert len(spans) == 6
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :] if b[0] < a[1]]
+    assert overlapping, f"no two jobs ran at the same time: {spans}"
+    for moment in (s for s, _ in spans):  # at no start were more than 2 jobs running
+        assert sum(s <= moment < e for s, e in spans) <= 2
+    for result in _results(smoke_pool_run["output"]).values():
+        assert result["execution"]["executor"] == "pool"
+        assert result["execution"]["threads"] == 1  # 2 cores // 2 workers
+
+
+def test_pool_metrics_equal_the_sequential_run(smoke_run: dict, smoke_pool_run: dict) -> None:
+    sequential = _csv(smoke_run["output"]).set_index(["model", "category"])
+    pooled = _csv(smoke_pool_run["output"]).set_index(["model", "category"])
+    assert set(pooled.index) == set(sequential.index)
+    for key in sequential.index:
+        for metric in (*METRICS, MAD):
+            assert pooled.loc[key, metric] == pytest.approx(sequential.loc[key, metric], abs=POOL_TOLERANCE), (
+                key,
+                metric,
+            )
+
+
+def test_pool_failed_job_does_not_stop_the_others(smoke_pool_run: dict) -> None:
+    assert smoke_pool_run["code"] == 1
+    results = _results(smoke_pool_run["output"])
+    failed = [r for r in results.values() if r["status"] != "ok"]
+    assert [r["model"] for r in failed] == ["PadimBroken"]
+    assert "no_such_backbone" in failed[0]["error"]
+    assert sum(r["status"] == "ok" for r in results.values()) == 5
+    report = (smoke_pool_run["output"] / "report.md").read_text()
+    assert "PadimBroken__synthetic__multiclass__all__seed0" in report.split("## Failed jobs")[1]
+
+
+def test_pool_re_times_inference_alone_and_says_so(smoke_pool_run: dict) -> None:
+    output = smoke_pool_run["output"]
+    for result in _results(output).values():
+        if result["status"] != "ok":
+            continue
+        cost = result["cost"]
+        assert cost["timing"].startswith("exclusive: re-timed alone"), cost["timing"]
+        assert cost["latency_ms_shared"] > 0
+        assert cost["retimed_threads"] == 2  # the config's threads, as a job alone would have
+        assert cost["latency_ms"] > 0
+        assert cost["latency_ms"] != cost["latency_ms_shared"]
+    assert not list(output.glob("jobs/*/timing_model.pt"))  # kept models are deleted after re-timing
+    frame = _csv(output)
+    assert frame["timing"].str.startswith("exclusive: re-timed alone").all()
+    assert "Latency and throughput timing: exclusive: re-timed alone" in (output / "report.md").read_text()
+
+
+def test_assign_gpus_gives_each_job_disjoint_devices() -> None:
+    from anomalib_crr.benchmark.executors import assign_gpus
+
+    eight = [str(i) for i in range(8)]
+    groups = assign_gpus(eight, 1)
+    assert groups == [[g] for g in eight]
+    pairs = assign_gpus(eight, 2)
+    assert pairs == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    odd = assign_gpus(["3", "5", "7"], 2)  # CUDA_VISIBLE_DEVICES ids are kept; the odd one out is not shared
+    assert odd == [["3", "5"]]
+    assert assign_gpus(eight, 1, workers=3) == [["0"], ["1"], ["2"]]
+    for grouping in (groups, pairs, odd):
+        flat = [d for group in grouping for d in group]
+        assert len(flat) == len(set(flat))
+    with pytest.raises(ValueError, match="needs that many visible GPUs"):
+        assign_gpus(["0"], 2)
+
+
+def test_pool_slots_on_gpus_set_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With GPUs visible, each pool slot is one disjoint CUDA_VISIBLE_DEVICES (the job processes' own)."""
+    from anomalib_crr.benchmark.executors.process import make_process_executor
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    pool = make_process_executor("pool", None, 2, "gpu", offline=True, exclusive_timing=True)
+    assert [slot["CUDA_VISIBLE_DEVICES"] for slot in pool.slots] == ["0,1", "2,3"]
+    assert "exclusive GPU" in pool.timing_note()
+    cpu_pool = make_process_executor("pool", 2, 1, "cpu", offline=True, exclusive_timing=False)
+    assert all("CUDA_VISIBLE_DEVICES" not in slot for slot in cpu_pool.slots)
+    assert cpu_pool.timing_note().startswith("shared")

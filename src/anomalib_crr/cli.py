@@ -24,29 +24,78 @@ from pathlib import Path
 TRAINING_ONLY_CONFIG_KEYS = ("optimizer", "lr_scheduler")
 
 
-def run_benchmark_cli(argv: Sequence[str]) -> int:
-    """``anomalib-crr benchmark --config FILE [--output DIR] [--only PATTERN] [--rerun]``; returns the exit code.
-
-    Exit codes: 0 all jobs finished, 1 some job failed (listed in the report), 2 bad config (nothing ran).
-    """
+def _benchmark_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomalib-crr benchmark",
         description="Train and test every model x dataset x seed of a benchmark config, each job in its own "
-        "process; write results.csv/json, report.md and plots to the run folder.",
+        "process (here, on a pool of workers, on Ray or on SLURM); write results.csv/json, report.md and plots.",
     )
     parser.add_argument("--config", required=True, help="benchmark YAML, e.g. configs/benchmark/smoke.yaml")
     parser.add_argument("--output", default=None, help="run folder (default: results/benchmark/<config name>)")
     parser.add_argument("--only", default=None, help="run only jobs whose id matches this glob or contains this text")
     parser.add_argument("--rerun", action="store_true", help="redo finished jobs (those selected by --only)")
-    args = parser.parse_args(list(argv))
+    where = parser.add_argument_group("executor (default: the config's `executor` section, else local)")
+    where.add_argument("--executor", choices=["local", "pool", "ray", "slurm"], default=None)
+    where.add_argument("--workers", type=int, default=None, help="pool: jobs at once (default: one per GPU)")
+    where.add_argument(
+        "--gpus-per-job", type=int, default=None, help="GPUs per job (pool default 1; ray/slurm default 0)"
+    )
+    where.add_argument(
+        "--exclusive-timing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pool on CPU: re-time each job's inference alone after the run (default on)",
+    )
+    where.add_argument("--ray-address", default=None, help="ray: auto or host:port (default: a local cluster)")
+    where.add_argument("--retries", type=int, default=None, help="ray: retries of a task lost with its node")
+    where.add_argument("--partition", default=None, help="slurm partition")
+    where.add_argument("--account", default=None, help="slurm account")
+    where.add_argument("--qos", default=None, help="slurm QOS")
+    where.add_argument("--time-min", type=int, default=None, help="slurm time limit per job, minutes")
+    where.add_argument("--cpus-per-job", type=float, default=None, help="ray/slurm: CPUs per job")
+    where.add_argument("--mem-gb", type=float, default=None, help="ray/slurm: memory per job, GB")
+    where.add_argument("--dry-run", action="store_true", help="slurm: write and print the sbatch scripts only")
+    where.add_argument("--detach", action="store_true", help="slurm: submit and return; rerun to collect")
+    return parser
+
+
+def _executor_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The command line's executor settings (``None`` = keep the config's)."""
+    resources = {"cpus": args.cpus_per_job, "memory_gb": args.mem_gb, "gpus": args.gpus_per_job}
+    return {
+        "name": args.executor,
+        "workers": args.workers,
+        "gpus_per_job": args.gpus_per_job,
+        "exclusive_timing": args.exclusive_timing,
+        "ray_address": args.ray_address,
+        "retries": args.retries,
+        "resources": {k: v for k, v in resources.items() if v is not None} or None,
+        "slurm": {"partition": args.partition, "account": args.account, "qos": args.qos, "time_min": args.time_min},
+        "dry_run": args.dry_run or None,
+        "detach": args.detach or None,
+    }
+
+
+def run_benchmark_cli(argv: Sequence[str]) -> int:
+    """``anomalib-crr benchmark --config FILE [--output DIR] [--only PATTERN] [--rerun] [--executor ...]``.
+
+    Exit codes: 0 all jobs finished (or were submitted with ``--detach``), 1 some job failed (listed in the
+    report), 2 bad config or missing executor extra (nothing ran), 130 interrupted (Ctrl-C stopped every job).
+    """
+    args = _benchmark_parser().parse_args(list(argv))
 
     from anomalib_crr.benchmark import ConfigError, run
 
     try:
-        summary = run(args.config, output=args.output, only=args.only, rerun=args.rerun)
+        summary = run(
+            args.config, output=args.output, only=args.only, rerun=args.rerun, executor=_executor_overrides(args)
+        )
     except ConfigError as exc:
         print(f"anomalib-crr benchmark: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("anomalib-crr benchmark: interrupted; every job it started was stopped", file=sys.stderr)
+        return 130
     if summary.failed:
         print(
             f"anomalib-crr benchmark: {len(summary.failed)} job(s) failed: {', '.join(summary.failed)}", file=sys.stderr

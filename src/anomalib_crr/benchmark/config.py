@@ -43,6 +43,7 @@ TOP_KEYS = {
     "offline",
     "timing",
     "save_predictions",
+    "executor",
     "generate",
     "models",
     "datasets",
@@ -61,7 +62,9 @@ MODEL_KEYS = {
     "datasets",
     "skip",
     "per_dataset",
+    "resources",
 }
+RESOURCE_KEYS = {"gpus", "cpus", "memory_gb"}
 PER_DATASET_KEYS = {"trainer", "datamodule", "init_args"}
 DATASET_KEYS = {"name", "class_path", "init_args", "categories", "mode", "notes"}
 GENERATE_KEYS = {"name", "categories", "num_train", "num_test_good", "num_test_defect", "image_size", "seed"}
@@ -94,6 +97,9 @@ class ModelSpec:
     datasets: list[str] | None = None
     skip: str | None = None
     per_dataset: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What a Ray task or SLURM job of this model asks for ({gpus, cpus, memory_gb}); where a job runs is not
+    # part of what it computes, so it is left out of the job's spec hash.
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def for_dataset(self, dataset: str) -> ModelSpec:
         """This entry with its ``per_dataset`` overrides for ``dataset`` merged in (trainer, datamodule, init_args)."""
@@ -139,6 +145,7 @@ class BenchmarkConfig:
     models: list[ModelSpec]
     datasets: list[DatasetSpec]
     raw: dict[str, Any]
+    executor: dict[str, Any] = field(default_factory=dict)  # the ``executor`` section (see .executors.options)
 
 
 @dataclass
@@ -162,7 +169,7 @@ class JobSpec:
         """A JSON-serialisable description (what the job process reads)."""
         return {
             "job_id": self.job_id,
-            "model": self.model.__dict__,
+            "model": {k: v for k, v in self.model.__dict__.items() if k != "resources"},
             "dataset": self.dataset.__dict__,
             "mode": self.mode,
             "categories": self.categories,
@@ -302,6 +309,7 @@ def _parse_model(entry: dict[str, Any], where: str) -> ModelSpec:
         raise ConfigError(msg)
     offline = dict(entry.get("offline") or {})
     _check_keys(offline, OFFLINE_KEYS, f"{where}.offline")
+    resources = parse_resources(entry.get("resources"), f"{where}.resources")
     image_size = entry.get("image_size")
     if image_size is not None:
         image_size = _as_list(image_size, f"{where}.image_size")
@@ -323,7 +331,19 @@ def _parse_model(entry: dict[str, Any], where: str) -> ModelSpec:
         datasets=[str(d) for d in _as_list(entry["datasets"], f"{where}.datasets")] if "datasets" in entry else None,
         skip=str(entry["skip"]) if entry.get("skip") else None,
         per_dataset=_parse_per_dataset(entry.get("per_dataset"), f"{where}.per_dataset"),
+        resources=resources,
     )
+
+
+def parse_resources(value: Any, where: str) -> dict[str, Any]:
+    """``{gpus, cpus, memory_gb}`` with non-negative numbers (what a Ray task or SLURM job asks for)."""
+    resources = dict(value or {})
+    _check_keys(resources, RESOURCE_KEYS, where)
+    for key, amount in resources.items():
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or amount < 0:
+            msg = f"{where}.{key}: expected a non-negative number, got {amount!r}"
+            raise ConfigError(msg)
+    return resources
 
 
 def _parse_per_dataset(value: Any, where: str) -> dict[str, dict[str, Any]]:
@@ -440,6 +460,7 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         models=models,
         datasets=datasets,
         raw=raw,
+        executor=dict(body.get("executor") or {}),
     )
 
 

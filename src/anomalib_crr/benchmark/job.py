@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -30,8 +31,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .executors.base import EXECUTION_ENV, KEEP_TIMING_ENV, THREADS_ENV
+
 RESULT = "result.json"
 PREDICTIONS = "predictions.pt"
+TIMING_MODEL = "timing_model.pt"  # kept by a ``pool`` job on CPU until the runner re-times it alone
 logger = logging.getLogger("anomalib_crr.benchmark.job")
 
 
@@ -188,8 +192,9 @@ def run_job(job_file: Path) -> dict[str, Any]:
     job = json.loads(job_file.read_text())
     job_dir = job_file.parent
     spec = job["model"]
-    if job.get("threads"):
-        torch.set_num_threads(int(job["threads"]))
+    threads = os.environ.get(THREADS_ENV) or job.get("threads")  # the executor's share of the cores wins
+    if threads:
+        torch.set_num_threads(int(threads))
     notes = apply_offline_patches(spec["offline"])
     compute_times = _time_metric_compute()
     seed_everything(job["seed"], workers=True)
@@ -254,6 +259,8 @@ def run_job(job_file: Path) -> dict[str, Any]:
         batch_time = cost.median_seconds(lambda: model(eval_batch), runs, warmup, device)
     peak_infer = cost.peak_memory_mb(device)
     total, _ = cost.parameter_counts(model)
+    if os.environ.get(KEEP_TIMING_ENV):
+        _keep_for_timing(job_dir, model, single, eval_batch, notes)
 
     result = {
         "status": "ok",
@@ -279,6 +286,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
             "peak_mem_train_mb": peak_train,
             "peak_mem_infer_mb": peak_infer,
             "rss_baseline_mb": rss_baseline,
+            "timing": execution_info()["timing"],
         },
         "settings": {
             "class_path": spec["class_path"],
@@ -307,10 +315,39 @@ def run_job(job_file: Path) -> dict[str, Any]:
     return result
 
 
+def execution_info() -> dict[str, Any]:
+    """Where and how this job process runs: the executor's record plus host, pid, threads and devices."""
+    import socket
+
+    import torch
+
+    record = json.loads(os.environ.get(EXECUTION_ENV) or "{}")
+    return {
+        "executor": record.pop("executor", "local"),
+        "timing": record.pop("timing", "exclusive: one job at a time on this machine"),
+        **record,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "threads": torch.get_num_threads(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+
+
+def _keep_for_timing(job_dir: Path, model: Any, single: Any, eval_batch: Any, notes: list[str]) -> None:
+    """Save the trained model and its timing inputs so the runner can re-time inference alone after the run."""
+    import torch
+
+    try:
+        torch.save(
+            {"model": model.cpu(), "single": single.cpu(), "eval_batch": eval_batch.cpu()}, job_dir / TIMING_MODEL
+        )
+    except Exception as exc:
+        (job_dir / TIMING_MODEL).unlink(missing_ok=True)
+        notes.append(f"not re-timed alone (the model does not pickle: {type(exc).__name__}); timing is shared")
+
+
 def _code_source() -> str:
     """Where this process imported ``anomalib_crr`` from (and the commit in ``BENCHMARK_CODE_COMMIT``, if set)."""
-    import os
-
     import anomalib_crr
 
     source = str(Path(anomalib_crr.__file__).parent)
@@ -331,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     job_file = Path(args[0])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     job = json.loads(job_file.read_text())
+    started_at = time.time()
     try:
         result = run_job(job_file)
     except BaseException as exc:
@@ -347,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             "log": str(job_file.parent / "log.txt"),
             "spec_hash": job["spec_hash"],
         }
+        result["execution"] = {**execution_info(), "started_at": started_at, "ended_at": time.time()}
         write_result(job_file.parent, result)
         return 1
+    result["execution"] = {**execution_info(), "started_at": started_at, "ended_at": time.time()}
     write_result(job_file.parent, result)
     return 0
 

@@ -35,7 +35,9 @@ COST_COLUMNS = (
     "peak_mem_train_mb",
     "peak_mem_infer_mb",
 )
-SETTING_COLUMNS = ("weights", "device", "precision", "threads", "torch", "anomalib", "input_size")
+SETTING_COLUMNS = ("weights", "device", "precision", "threads", "torch", "anomalib", "input_size", "executor", "timing")
+# Results written before the executors existed ran one job at a time.
+DEFAULT_TIMING = "exclusive: one job at a time on this machine"
 KEY_COLUMNS = ("model", "dataset", "mode", "seed", "category")
 MEAN = "mean"
 
@@ -61,6 +63,8 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "job_id": result["job_id"],
             }
             row["input_size"] = "x".join(str(s) for s in settings.get("input_size") or [])
+            row["executor"] = (result.get("execution") or {}).get("executor", "local")
+            row["timing"] = result["cost"].get("timing", DEFAULT_TIMING)
             rows.append(row)
             groups[(result["model"], result["dataset"], result["mode"], result["seed"])].append(row)
     for (model, dataset, mode, seed), members in groups.items():
@@ -221,6 +225,17 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
     return lines
 
 
+def _where(result: dict[str, Any]) -> str:
+    """Where the job ran and how its latency was timed."""
+    execution = result.get("execution") or {}
+    devices = execution.get("cuda_visible_devices")
+    return (
+        f"- ran on '{execution.get('executor', 'local')}' at {execution.get('host', 'this machine')}"
+        f"{f', CUDA_VISIBLE_DEVICES={devices}' if devices else ''}, {execution.get('threads', '?')} threads; "
+        f"timing: {result['cost'].get('timing', DEFAULT_TIMING)}"
+    )
+
+
 def _runs(out: Path) -> list[dict[str, Any]]:
     path = out / "runs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
@@ -247,10 +262,13 @@ def report_lines(
         lines.append(f"- Device: {device}; {threads} torch threads; torch {torch_v}, anomalib {anomalib_v}")
     for run in _runs(config.output):
         lines.append(
-            f"- Run started {run['started']}: wall {run['wall_s']} s ({run['ran']} ran, {run['skipped']} skipped, "
+            f"- Run started {run['started']} on '{run.get('executor', 'local')}': wall {run['wall_s']} s "
+            f"({run['ran']} ran, {run['skipped']} skipped, "
             f"{run['failed']} failed{', only ' + repr(run['only']) if run.get('only') else ''}"
             f"{', rerun' if run.get('rerun') else ''})"
         )
+    for timing in sorted({r["cost"].get("timing", DEFAULT_TIMING) for r in ok}):
+        lines.append(f"- Latency and throughput timing: {timing}")
     lines += [
         f"- Jobs with results: {len(ok)} ok, {len(results) - len(ok)} failed; not run yet: {len(missing)}",
         "- Metrics: anomalib `AUROC`, `F1Max`, `AUPRO` (FPR <= 0.3) and torchmetrics' exact average precision "
@@ -294,6 +312,7 @@ def report_lines(
             f"{settings['weights']}; {settings['device']}, {settings['precision']}, {settings['threads']} threads",
             f"- eval batch {result['cost']['eval_batch_size']}; test {result['cost']['test_s']:.1f} s, of which "
             f"metric compute {cost['metrics_compute_s']:.1f} s (AUPRO {cost['aupro_compute_s']:.1f} s)",
+            _where(result),
         ]
         lines += [f"- note: {note}" for note in result.get("notes", [])]
         lines.append("")

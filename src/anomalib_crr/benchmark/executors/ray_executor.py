@@ -1,0 +1,166 @@
+# Copyright (C) 2026 anomalib-crr developers
+# SPDX-License-Identifier: Apache-2.0
+
+"""``ray``: each job is a Ray task that runs the job process on whichever worker Ray picks.
+
+The task asks for the job's resources (``{gpus, cpus, memory_gb}``: the model entry's, else the executor
+section's, else 1 CPU). On the worker it writes ``job.json`` into a private temporary folder, runs
+``python -m anomalib_crr.benchmark.job`` there (so a crash or OOM kills that process, not the worker), and
+returns the exit code with the job's files (``result.json``, ``log.txt``, ``predictions.pt``) as bytes; the
+driver writes them into the run folder. Nodes therefore need no shared filesystem, only the datasets at the
+paths the config names and this package installed.
+
+A task whose worker or node dies is retried ``retries`` times by Ray (``max_retries``); after that the job is
+reported failed with Ray's reason. The job process dies with its worker (``PR_SET_PDEATHSIG``), so a retry
+never races an orphan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..config import JobSpec
+from .base import (
+    EXECUTION_ENV,
+    Executor,
+    Submission,
+    die_with_parent,
+    execution_record,
+    job_command,
+    job_environment,
+)
+from .options import ExecutorOptions
+
+# Files of a job folder that travel back to the driver (the Engine's checkpoints do not).
+RETURNED_FILES = ("result.json", "log.txt", "predictions.pt")
+
+
+def run_job_on_worker(job_text: str, job_id: str, env: dict[str, str]) -> dict[str, Any]:
+    """Ray task body: run one job process in a temporary folder and return its exit code and files."""
+    with tempfile.TemporaryDirectory(prefix=f"anomalib-crr-{job_id}-") as workdir:
+        job_file = Path(workdir) / "job.json"
+        job_file.write_text(job_text)
+        record = {**json.loads(env.get(EXECUTION_ENV, "{}")), "worker_pid": os.getpid()}
+        with (Path(workdir) / "log.txt").open("w") as log:
+            code = subprocess.call(
+                job_command(job_file),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env, EXECUTION_ENV: json.dumps(record)},
+                preexec_fn=die_with_parent,
+            )
+        files = {
+            name: (Path(workdir) / name).read_bytes() for name in RETURNED_FILES if (Path(workdir) / name).exists()
+        }
+    return {"code": code, "files": files, "node": socket.gethostname()}
+
+
+class RayExecutor(Executor):
+    """Jobs as Ray tasks on an existing cluster (``ray_address``) or on a local one started for the run."""
+
+    name = "ray"
+
+    def __init__(self, options: ExecutorOptions, offline: bool) -> None:
+        import ray
+
+        self.options = options
+        self.offline = offline
+        self.started_cluster = not ray.is_initialized() and options.ray_address is None
+        if not ray.is_initialized():
+            if options.ray_address:
+                ray.init(address=options.ray_address, log_to_driver=False)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=False)
+        self._remote = ray.remote(run_job_on_worker)
+
+    def has_room(self, running: int) -> bool:
+        """Ray queues tasks by their resources itself: every job is submitted at once."""
+        del running
+        return True
+
+    def start(self, job: JobSpec, job_dir: Path) -> Submission:
+        """Submit the job's task with its resources and retry budget."""
+        resources = self.options.job_resources(job.model.resources)
+        timing = (
+            "exclusive GPU: each task owns its GPU(s); CPU shared"
+            if resources.get("gpus")
+            else "shared: Ray packs CPU tasks onto nodes by their CPU request; other tasks may share the node"
+        )
+        env = job_environment(self.offline, {EXECUTION_ENV: execution_record("ray", timing, resources=resources)})
+        env = {k: v for k, v in env.items() if k not in os.environ or os.environ[k] != v}  # only what we add
+        if resources.get("cpus"):
+            env["ANOMALIB_CRR_JOB_THREADS"] = str(max(1, int(resources["cpus"])))
+        ref = self._remote.options(
+            num_cpus=float(resources.get("cpus", 1)),
+            num_gpus=float(resources.get("gpus", 0)),
+            memory=int(float(resources["memory_gb"]) * 1024**3) if resources.get("memory_gb") else None,
+            max_retries=self.options.retries,
+            retry_exceptions=False,  # only lost workers/nodes are retried; a job's own error is its result
+            name=job.job_id,
+        ).remote((job_dir / "job.json").read_text(), job.job_id, env)
+        (job_dir / "log.txt").write_text(f"submitted to Ray as task {job.job_id}; the log arrives when it ends\n")
+        return Submission(job=job, job_dir=job_dir, handle={"ref": ref}, where=f"ray task, {resources}")
+
+    def poll(self, submission: Submission) -> int | None:
+        """Collect the task's files into the run folder once it ended (or record why it was lost)."""
+        import ray
+
+        ref = submission.handle["ref"]
+        ready, _ = ray.wait([ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            returned = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            first = str(exc).strip().splitlines()
+            submission.handle["error"] = (
+                f"Ray task lost after {self.options.retries} retr{'y' if self.options.retries == 1 else 'ies'}: "
+                f"{type(exc).__name__}: {first[0] if first else ''}"
+            )
+            return -1
+        for name, data in returned["files"].items():
+            (submission.job_dir / name).write_bytes(data)
+        _point_result_at_run_folder(submission.job_dir, returned)
+        submission.where = f"ray node {returned['node']}"
+        return int(returned["code"])
+
+    def cancel(self, submission: Submission) -> None:
+        """Force-cancel the task (its worker, and with it the job process, is killed)."""
+        import ray
+
+        ray.cancel(submission.handle["ref"], force=True)
+
+    def failure_reason(self, submission: Submission, code: int) -> str | None:
+        """Ray's reason for a lost task."""
+        del code
+        return submission.handle.get("error")
+
+    def timing_note(self) -> str:
+        """Ray tasks may share nodes."""
+        return "per task: exclusive GPU when the task asks for GPUs, else shared with other tasks on its node"
+
+    def finish(self) -> None:
+        """Shut down the local cluster this run started (an existing cluster is left running)."""
+        import ray
+
+        if self.started_cluster and ray.is_initialized():
+            ray.shutdown()
+
+
+def _point_result_at_run_folder(job_dir: Path, returned: dict[str, Any]) -> None:
+    """The result names the worker's temporary log path; point it at the run folder's copy."""
+    from ..job import RESULT, write_result
+
+    path = job_dir / RESULT
+    if not path.is_file():
+        return
+    result = json.loads(path.read_text())
+    result["log"] = str(job_dir / "log.txt")
+    result.setdefault("execution", {})["node"] = returned["node"]
+    write_result(job_dir, result)

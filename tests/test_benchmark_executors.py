@@ -1,0 +1,302 @@
+"""Benchmark executors on real engines: a local Ray cluster, a real single-node SLURM, Ctrl-C and resume.
+
+SLURM: ``.ci/run`` installs Debian's ``slurm-wlm`` + ``munge`` and starts a single-node cluster
+(``.ci/start_slurm.sh``) before the suite and sets ``ANOMALIB_CRR_REQUIRE_SLURM=1``, so there a missing SLURM
+fails these tests; elsewhere they are skipped when no controller answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+from anomalib_crr.benchmark import ConfigError, run
+
+from .helpers import PADIM_ENTRY, PATCHCORE_ENTRY, small_benchmark_config
+
+JOB_MODULE = "anomalib_crr.benchmark.job"
+
+
+def _config(tmp_path: Path, root: Path, models: list[dict], **top: object) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**small_benchmark_config(root, models), **top}))
+    return path
+
+
+def _cli(config: Path, output: Path, *extra: str) -> subprocess.Popen[str]:
+    """``anomalib-crr benchmark`` in its own process (as a user starts it), output captured."""
+    command = [sys.executable, "-m", "anomalib_crr", "benchmark", "--config", str(config), "--output", str(output)]
+    return subprocess.Popen(
+        [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
+    )
+
+
+def _job_processes(marker: str) -> list[psutil.Process]:
+    """Running job processes whose command line contains ``marker`` (a job id or run folder)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info.get("cmdline") or [])
+        if JOB_MODULE in cmdline and marker in cmdline:
+            found.append(process)
+    return found
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    return None
+
+
+# --- Ctrl-C and resume across executors ------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_every_pool_job_and_local_finishes_without_recomputing(tiny_dataset: Path, tmp_path: Path) -> None:
+    slow_padim = {**PADIM_ENTRY, "name": "PadimSlow", "trainer": {"max_epochs": 40}}  # runs long enough to interrupt
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY, PATCHCORE_ENTRY, slow_padim])
+    output = tmp_path / "run"
+    runner = _cli(config, output, "--executor", "pool", "--workers", "2", "--no-exclusive-timing")
+    finished = _wait_for(
+        lambda: [p for p in output.glob("jobs/*/result.json") if json.loads(p.read_text())["status"] == "ok"],
+        240,
+        "a first finished pool job",
+    )
+    _wait_for(lambda: _job_processes(str(output)), 120, "a running job after the first finished")
+    runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, _ = runner.communicate(timeout=120)
+    assert runner.returncode == 130, out
+    assert "interrupted: stopped" in out
+    assert "every job it started was stopped" in out
+    time.sleep(1.0)
+    assert not _job_processes(str(output)), "a job process outlived Ctrl-C"
+    kept = {p.parent.name: p.stat().st_mtime_ns for p in output.glob("jobs/*/result.json")}
+    assert {Path(p).parent.name for p in map(str, finished)} <= set(kept)
+    assert len(kept) < 3, "Ctrl-C came after every job had finished; the test proves nothing"
+    report = (output / "report.md").read_text()
+    assert "## Not run yet" in report  # the report was written from what had finished
+
+    lines: list[str] = []
+    summary = run(config, output=output, executor="local", echo=lines.append)
+    assert not summary.failed
+    assert sorted(summary.skipped) == sorted(kept)
+    assert len(summary.ran) == 3 - len(kept)
+    for job_id, mtime in kept.items():  # nothing finished was recomputed or overwritten
+        assert (output / "jobs" / job_id / "result.json").stat().st_mtime_ns == mtime
+    frame = pd.read_csv(output / "results.csv")
+    assert set(frame["model"]) == {"Padim", "Patchcore", "PadimSlow"}
+    assert set(frame["executor"]) == {"pool", "local"} if kept else {"local"}
+
+
+def test_missing_extra_names_it(tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a)
+    )
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY])
+    with pytest.raises(ConfigError, match=r'pip install "anomalib-crr\[ray\]"'):
+        run(config, output=tmp_path / "run", executor="ray", echo=lambda _: None)
+    assert not (tmp_path / "run" / "jobs").exists()
+
+
+# --- Ray: a real local cluster started by the test -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> str:
+    """``ray start --head`` in its own processes (2 CPUs), stopped after the module."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--object-store-memory=200000000",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=180,
+    )
+    yield f"127.0.0.1:{port}"
+    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+
+
+def _kill_worker_of(job_name: str) -> tuple[int, int]:
+    """SIGKILL the Ray worker running ``job_name``'s job process; returns (worker pid, job pid)."""
+    job = _wait_for(lambda: _job_processes(f"anomalib-crr-{job_name}"), 240, f"{job_name}'s job process")[0]
+    time.sleep(2.0)  # well into the job
+    worker = job.parent()
+    assert "python" in worker.name() or "ray" in " ".join(worker.cmdline()).lower()
+    worker.send_signal(signal.SIGKILL)
+    return worker.pid, job.pid
+
+
+def test_ray_jobs_run_on_the_cluster_and_a_killed_worker_is_retried_then_reported(
+    ray_cluster: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY, PATCHCORE_ENTRY], executor={"resources": {"cpus": 1}})
+    output = tmp_path / "run"
+    padim = "Padim__tiny__per_category__washer__seed0"
+    runner = _cli(config, output, "--executor", "ray", "--ray-address", ray_cluster, "--retries", "1")
+    worker_pid, job_pid = _kill_worker_of(padim)
+    out, _ = runner.communicate(timeout=600)
+    assert runner.returncode == 0, out
+    results = {d.name: json.loads((d / "result.json").read_text()) for d in (output / "jobs").iterdir()}
+    assert results[padim]["status"] == "ok"
+    assert results[padim]["execution"]["pid"] != job_pid  # a new attempt ran the job
+    assert results[padim]["execution"]["worker_pid"] != worker_pid
+    for result in results.values():
+        assert result["execution"]["executor"] == "ray"
+        assert result["execution"]["resources"] == {"cpus": 1, "gpus": 0}
+        assert Path(result["log"]) == output / "jobs" / result["job_id"] / "log.txt"
+        assert "Engine" in Path(result["log"]).read_text() or Path(result["log"]).stat().st_size > 0
+    frame = pd.read_csv(output / "results.csv")
+    assert sorted(set(frame["model"])) == ["Padim", "Patchcore"]
+    assert "## Failed jobs\n\nnone" in (output / "report.md").read_text()
+
+
+def test_ray_lost_worker_without_retries_is_reported_failed(
+    ray_cluster: str, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY])
+    output = tmp_path / "run"
+    runner = _cli(config, output, "--executor", "ray", "--ray-address", ray_cluster, "--retries", "0")
+    _kill_worker_of("Padim__tiny")
+    out, _ = runner.communicate(timeout=300)
+    assert runner.returncode == 1, out
+    result = json.loads((output / "jobs" / "Padim__tiny__per_category__washer__seed0" / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert "Ray task lost after 0 retries" in result["error"]
+    assert "Ray task lost" in (output / "report.md").read_text().split("## Failed jobs")[1]
+
+
+# --- SLURM: a real single-node cluster ------------------------------------------------------------------------
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, check=False)
+    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mix", "alloc"))
+
+
+@pytest.fixture
+def slurm() -> None:
+    if not _slurm_up():
+        if os.environ.get("ANOMALIB_CRR_REQUIRE_SLURM"):
+            pytest.fail("no SLURM controller answers, but .ci/run started one (see .ci/start_slurm.sh)")
+        pytest.skip("no SLURM here; .ci/run starts a single-node one (.ci/start_slurm.sh)")
+
+
+SLURM_ARGS = ("--executor", "slurm", "--cpus-per-job", "1", "--mem-gb", "2", "--time-min", "10")
+
+
+def _registry(output: Path) -> dict:
+    return json.loads((output / "slurm" / "submitted.json").read_text())
+
+
+def test_slurm_jobs_are_submitted_run_and_collected(slurm: None, tiny_dataset: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY, PATCHCORE_ENTRY])
+    output = tmp_path / "run"
+    runner = _cli(config, output, *SLURM_ARGS)
+    out, _ = runner.communicate(timeout=600)
+    assert runner.returncode == 0, out
+    registry = _registry(output)
+    assert len(registry) == 2
+    for job_id, entry in registry.items():
+        result = json.loads((output / "jobs" / job_id / "result.json").read_text())
+        assert result["status"] == "ok"
+        assert result["execution"]["executor"] == "slurm"
+        assert result["execution"]["slurm_job_id"] == str(entry["slurm_id"])
+        assert f"--- SLURM job {entry['slurm_id']}" in (output / "jobs" / job_id / "log.txt").read_text()
+        assert f"slurm job {entry['slurm_id']}" in out
+    assert sorted(set(pd.read_csv(output / "results.csv")["model"])) == ["Padim", "Patchcore"]
+
+
+def test_slurm_detach_then_a_second_invocation_collects(slurm: None, tiny_dataset: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path, tiny_dataset, [PATCHCORE_ENTRY])
+    output = tmp_path / "run"
+    job_id = "Patchcore__tiny__per_category__washer__seed0"
+    from anomalib_crr.cli import _benchmark_parser, _executor_overrides
+
+    args = _benchmark_parser().parse_args(["--config", str(config), *SLURM_ARGS, "--detach"])
+    lines: list[str] = []
+    summary = run(config, output=output, executor=_executor_overrides(args), echo=lines.append)
+    assert summary.submitted == [job_id]
+    assert not summary.ran
+    slurm_id = _registry(output)[job_id]["slurm_id"]
+    assert any("--detach" in line for line in lines)
+
+    args = _benchmark_parser().parse_args(["--config", str(config), *SLURM_ARGS])
+    summary = run(config, output=output, executor=_executor_overrides(args), echo=lines.append)
+    assert not summary.failed
+    assert _registry(output)[job_id]["slurm_id"] == slurm_id  # adopted, not submitted twice
+    assert any(f"slurm job {slurm_id} (submitted earlier)" in line for line in lines), lines
+    result = json.loads((output / "jobs" / job_id / "result.json").read_text())
+    assert result["status"] == "ok"
+    assert result["execution"]["slurm_job_id"] == str(slurm_id)
+    assert (output / "jobs" / job_id / "log.txt").read_text().count("--- SLURM job") == 1
+    assert list(pd.read_csv(output / "results.csv")["model"].unique()) == ["Patchcore"]
+
+
+def test_slurm_dry_run_writes_the_sbatch_lines_and_submits_nothing(tiny_dataset: Path, tmp_path: Path) -> None:
+    gpu_padim = {**PADIM_ENTRY, "resources": {"gpus": 1, "cpus": 8, "memory_gb": 32}}
+    config = _config(tmp_path, tiny_dataset, [gpu_padim, PATCHCORE_ENTRY])
+    output = tmp_path / "run"
+    from anomalib_crr.cli import run_benchmark_cli
+
+    code = run_benchmark_cli(
+        [
+            *("--config", str(config), "--output", str(output), "--executor", "slurm", "--dry-run"),
+            *("--partition", "gpu", "--account", "lab", "--qos", "high", "--time-min", "30"),
+        ]
+    )
+    assert code == 0
+    padim = (output / "slurm" / "dry_run" / "Padim__tiny__per_category__washer__seed0.sbatch").read_text()
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=high",
+        "#SBATCH --time=30",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --mem=32GB",
+        "#SBATCH --job-name=Padim__tiny__per_category__washer__seed0",
+        "#SBATCH --signal=USR2@90",  # submitit's pre-emption signal: the job is checkpointed and requeued
+    ):
+        assert line in padim.splitlines(), line
+    patchcore = (output / "slurm" / "dry_run" / "Patchcore__tiny__per_category__washer__seed0.sbatch").read_text()
+    assert "#SBATCH --cpus-per-task=4" in patchcore  # the slurm default when neither entry nor CLI says
+    assert "--gpus-per-node" not in patchcore
+    assert not (output / "slurm" / "submitted.json").exists()
+    assert not list(output.glob("jobs/*/result.json"))
