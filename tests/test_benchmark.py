@@ -26,7 +26,8 @@ from .helpers import PADIM_ENTRY, small_benchmark_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "benchmark" / "smoke.yaml"
-SMOKE_MODELS = {"CRR", "MFRNet", "Patchcore", "Padim", "ReverseDistillation"}
+SMOKE_MODEL_ORDER = ["CRR", "MFRNet", "Patchcore", "Padim", "ReverseDistillation"]  # as in the config
+SMOKE_MODELS = set(SMOKE_MODEL_ORDER)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -377,3 +378,199 @@ def test_pool_slots_on_gpus_set_cuda_visible_devices(monkeypatch: pytest.MonkeyP
     cpu_pool = make_process_executor("pool", 2, 1, "cpu", offline=True, exclusive_timing=False)
     assert all("CUDA_VISIBLE_DEVICES" not in slot for slot in cpu_pool.slots)
     assert cpu_pool.timing_note().startswith("shared")
+
+
+# --- pictures: comparison grids, score distributions, stored maps, report.html in a real browser ---------------
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
+
+
+def test_smoke_writes_a_grid_and_score_plot_per_category_with_a_column_per_finished_model(smoke_run: dict) -> None:
+    from anomalib_crr.benchmark.config import expand_jobs, load_config
+    from anomalib_crr.benchmark.pictures import picture_columns
+
+    output = smoke_run["output"]
+    config = load_config(SMOKE, output=output)
+    results = {d.name: json.loads((d / "result.json").read_text()) for d in (output / "jobs").iterdir()}
+    for category in ("weave", "washer"):
+        for name in (f"grid_synthetic_{category}.png", f"scores_synthetic_{category}.png"):
+            data = (output / name).read_bytes()
+            assert data.startswith(PNG_MAGIC), name
+        assert (output / f"grid_synthetic_{category}.pdf").read_bytes().startswith(b"%PDF")
+        columns = picture_columns("synthetic", category, expand_jobs(config), results)
+        assert [(c["label"], c["status"]) for c in columns] == [(m, "ok") for m in SMOKE_MODEL_ORDER]
+        width, height = _png_size(output / f"grid_synthetic_{category}.png")
+        assert width > 7 * 100
+        assert height > 8 * 100
+    report = (output / "report.md").read_text()
+    assert "![grid synthetic weave](grid_synthetic_weave.png)" in report
+    assert "![scores synthetic washer](scores_synthetic_washer.png)" in report
+
+
+def test_a_failed_model_gets_a_failed_column(smoke_pool_run: dict) -> None:
+    from anomalib_crr.benchmark.config import expand_jobs, load_config
+    from anomalib_crr.benchmark.pictures import picture_columns
+
+    output = smoke_pool_run["output"]
+    config = load_config(output.parent / "smoke_pool.yaml", output=output)
+    results = {d.name: json.loads((d / "result.json").read_text()) for d in (output / "jobs").iterdir()}
+    columns = picture_columns("synthetic", "weave", expand_jobs(config), results)
+    assert [(c["label"], c["status"]) for c in columns] == [
+        *((m, "ok") for m in SMOKE_MODEL_ORDER),
+        ("PadimBroken", "failed"),
+    ]
+    assert (output / "grid_synthetic_weave.png").is_file()
+
+
+def test_stored_maps_reload_equal_to_the_computed_maps_and_rows_match_across_jobs(smoke_run: dict) -> None:
+    from anomalib_crr.benchmark.samples import MAX_MAPS_BYTES, load_maps, select_samples
+
+    output = smoke_run["output"]
+    rows = None
+    for job_dir in sorted((output / "jobs").iterdir()):
+        assert (job_dir / "maps.npz").stat().st_size <= MAX_MAPS_BYTES
+        maps = load_maps(job_dir)
+        predictions = torch.load(job_dir / "predictions.pt", weights_only=False)
+        index = {p: i for i, p in enumerate(predictions["image_path"])}
+        for i, path in enumerate(maps["image_path"]):
+            computed = predictions["anomaly_map"][index[str(path)]].squeeze().numpy()
+            stored = maps["anomaly_map"][i].astype("float32")
+            assert stored.shape == computed.shape
+            assert abs(stored - computed).max() <= 1e-3 * max(1.0, abs(computed).max()), job_dir.name
+            assert maps["view"][i].shape == (*computed.shape, 3)
+        paths = [str(p) for p in maps["image_path"]]
+        rows = rows or paths
+        assert paths == rows, f"{job_dir.name} shows other images"
+        scores = pd.read_csv(job_dir / "scores.csv")
+        assert len(scores) == len(predictions["image_path"])
+    categories = [_category_of(p) for p in predictions["image_path"]]
+    expected = select_samples(predictions["image_path"], predictions["gt_label"].int().tolist(), categories)
+    assert sorted(expected) == rows
+    for category in ("weave", "washer"):
+        chosen = [p for p in rows if _category_of(p) == category]
+        assert len(chosen) == 8  # 3 scratch + 3 stain in the test set: 6 defective, spread over both types
+        assert {Path(p).parent.name for p in chosen} == {"good", "scratch", "stain"}
+
+
+def test_select_samples_is_deterministic_and_spreads_over_defect_types() -> None:
+    import random
+
+    from anomalib_crr.benchmark.samples import select_samples
+
+    paths = [f"/d/cat/test/crack/{i}.png" for i in range(5)] + ["/d/cat/test/hole/0.png"]
+    paths += [f"/d/cat/test/cut/{i}.png" for i in range(3)] + [f"/d/cat/test/good/{i}.png" for i in range(9)]
+    labels = [0 if "/good/" in p else 1 for p in paths]
+    chosen = select_samples(paths, labels, ["cat"] * len(paths))
+    kinds = [Path(p).parent.name for p in chosen]
+    assert kinds[:6] == ["crack", "cut", "hole", "crack", "cut", "crack"]  # round-robin over the sorted types
+    assert kinds[6:] == ["good", "good"]
+    assert len(chosen) == 8
+    shuffled = list(zip(paths, labels, strict=True))
+    random.Random(3).shuffle(shuffled)
+    again = select_samples([p for p, _ in shuffled], [label for _, label in shuffled], ["cat"] * len(paths))
+    assert again == chosen
+
+
+def test_maps_file_is_capped(tmp_path: Path) -> None:
+    """Twenty 1024² maps (about 40 MB as float16) are halved in resolution until the file fits the cap."""
+    from anomalib_crr.benchmark.samples import MAX_MAPS_BYTES, SampleRecorder, load_maps
+
+    recorder = SampleRecorder(["cat"])
+    for i in range(20):
+        recorder.maps[f"/d/cat/test/crack/{i}.png"] = {
+            "anomaly_map": torch.rand(1024, 1024).numpy(),
+            "view": torch.zeros(1024, 1024, 3, dtype=torch.uint8).numpy(),
+            "pred_mask": torch.zeros(1024, 1024, dtype=torch.bool).numpy(),
+            "mask_path": "",
+            "category": "cat",
+            "gt_label": 1,
+        }
+    info = recorder.save(tmp_path)
+    maps = load_maps(tmp_path)
+    assert info["map_downsample"] > 1
+    assert int(maps["downsample"]) == info["map_downsample"]
+    assert maps["anomaly_map"].nbytes + maps["view"].nbytes + maps["pred_mask"].nbytes <= MAX_MAPS_BYTES
+    assert (tmp_path / "maps.npz").stat().st_size <= MAX_MAPS_BYTES
+
+
+def _browser():
+    """Headless Debian chromium through its chromedriver (no download), or skip/fail when absent."""
+    import os
+    import shutil
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        if os.environ.get("ANOMALIB_CRR_REQUIRE_BROWSER"):
+            pytest.fail("chromium/chromedriver missing, but .ci/run installs them")
+        pytest.skip("no chromium + chromedriver here (.ci/run installs Debian's)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1000")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_report_html_in_a_real_headless_browser(smoke_pool_run: dict, tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image, ImageStat
+    from selenium.webdriver.common.by import By
+
+    page = smoke_pool_run["output"] / "report.html"
+    text = page.read_text()
+    assert "http://" not in text
+    assert "https://" not in text
+    browser = _browser()
+    try:
+        browser.get(page.as_uri())
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+        images = browser.find_elements(By.TAG_NAME, "img")
+        assert len(images) >= 6  # two plots + a grid and a score plot per category
+        widths = [
+            browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i) for i in images
+        ]
+        assert all(width and width > 0 for width in widths), widths
+        table = browser.find_element(By.ID, "mean-table")
+        headers = table.find_elements(By.TAG_NAME, "th")
+        column = [h.text for h in headers].index("mAD")
+
+        def values() -> list[float]:
+            rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+            return [float(r.find_elements(By.TAG_NAME, "td")[column].text) for r in rows]
+
+        assert values() == sorted(values(), reverse=True)  # as written: sorted by mAD, best first
+        headers[column].click()
+        assert values() == sorted(values())
+        headers[column].click()
+        assert values() == sorted(values(), reverse=True)
+        names = [h.text for h in headers].index("model")
+        headers[names].click()
+        models = [
+            r.find_elements(By.TAG_NAME, "td")[names].text for r in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        ]
+        assert models == sorted(models, key=str.lower)
+        size = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        )
+        shot = browser.execute_cdp_cmd(
+            "Page.captureScreenshot",
+            {"captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1}},
+        )
+    finally:
+        browser.quit()
+    image = Image.open(io.BytesIO(base64.b64decode(shot["data"]))).convert("L")
+    (tmp_path / "report.png").write_bytes(base64.b64decode(shot["data"]))
+    assert image.size[1] > 3000  # the whole page, not the 1000 px viewport
+    assert ImageStat.Stat(image).stddev[0] > 20  # not blank

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .executors.base import EXECUTION_ENV, KEEP_TIMING_ENV, THREADS_ENV
+from .samples import SampleRecorder
 
 RESULT = "result.json"
 PREDICTIONS = "predictions.pt"
@@ -202,6 +203,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
     datamodule = build_datamodule(job)
     model = build_model(job)
     recorder = PredictionRecorder() if job.get("save_predictions") else None
+    samples = SampleRecorder(job["categories"])
     trainer_args = {
         "accelerator": job["accelerator"],
         "devices": 1,
@@ -213,7 +215,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
     engine_root = job_dir / "engine"
     engine = Engine(
         default_root_dir=engine_root,
-        callbacks=[recorder.callback] if recorder else None,
+        callbacks=[samples.callback, *([recorder.callback] if recorder else [])],
         **trainer_args,
     )
 
@@ -239,6 +241,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
     rows = _category_rows(job, engine, metrics)
     if recorder is not None:
         recorder.save(job_dir / PREDICTIONS)
+    pictures = samples.save(job_dir)
 
     model.eval().to(device)
     images = next(iter(datamodule.test_dataloader())).image.to(device)
@@ -307,6 +310,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
             "code": _code_source(),
             **cost.environment(device, str(engine.trainer.precision)),
         },
+        "pictures": pictures,
         "notes": [*notes, *spec.get("notes", []), *job["dataset"].get("notes", [])],
         "log": str(job_dir / "log.txt"),
         "spec_hash": job["spec_hash"],

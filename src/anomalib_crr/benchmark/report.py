@@ -199,6 +199,8 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
     """Write results.csv/.json, report.md and the plots into the run folder; returns the markdown lines."""
     import pandas as pd
 
+    from .html_report import write_html
+    from .pictures import write_pictures
     from .plots import write_plots
 
     out = config.output
@@ -220,9 +222,43 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     plots = write_plots(rows, out)
+    pictures = write_pictures(out, jobs, results)
     lines = report_lines(config, rows, results, skipped, missing, plots)
+    lines = _with_pictures(lines, pictures)
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    write_html(lines, out, f"Benchmark {config.name}")
     return lines
+
+
+def _with_pictures(lines: list[str], pictures: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """Insert the comparison grids and score distributions before the per-category tables."""
+    if not pictures:
+        return lines
+    section = [
+        "## Anomaly maps and score distributions",
+        "",
+        "Maps are anomalib's normalised anomaly maps on one colour scale, 0 to 1, where 0.5 is each model's "
+        "threshold (marked on the colour bar). A model whose post-processor does not normalise is drawn min-max "
+        "over its column, as its header says. Each map is drawn on the image as that model saw it (after its "
+        "resize or crop). The ground-truth column outlines the defect on the stored image. Rows are the same "
+        "images for every model: up to 6 defective ones spread over the defect types, and 2 good ones, drawn "
+        "deterministically from the test set.",
+        "",
+    ]
+    for (dataset, category), entry in pictures.items():
+        section += [f"### {dataset} / {category}", ""]
+        for grid in entry["grids"]:
+            section += [f"![grid {dataset} {category}]({grid.name})", ""]
+        if entry["grids"]:
+            section += [
+                f"All pages as PDF: [{entry['grids'][0].with_suffix('.pdf').name}]"
+                f"({entry['grids'][0].with_suffix('.pdf').name})",
+                "",
+            ]
+        if entry["scores"] is not None:
+            section += [f"![scores {dataset} {category}]({entry['scores'].name})", ""]
+    at = lines.index("## Per category") if "## Per category" in lines else len(lines)
+    return [*lines[:at], *section, *lines[at:]]
 
 
 def _where(result: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ from .base import (
 from .options import ExecutorOptions
 
 # Files of a job folder that travel back to the driver (the Engine's checkpoints do not).
-RETURNED_FILES = ("result.json", "log.txt", "predictions.pt")
+RETURNED_FILES = ("result.json", "log.txt", "predictions.pt", "maps.npz", "scores.csv")
 
 
 def run_job_on_worker(job_text: str, job_id: str, env: dict[str, str]) -> dict[str, Any]:
