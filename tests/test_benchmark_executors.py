@@ -300,3 +300,26 @@ def test_slurm_dry_run_writes_the_sbatch_lines_and_submits_nothing(tiny_dataset:
     assert "--gpus-per-node" not in patchcore
     assert not (output / "slurm" / "submitted.json").exists()
     assert not list(output.glob("jobs/*/result.json"))
+
+
+def test_progress_board_counts_elapsed_and_eta() -> None:
+    from anomalib_crr.benchmark.progress import ProgressBoard
+
+    lines: list[str] = []
+    board = ProgressBoard(4, lines.append, interactive=False, line_every_s=0.0)
+    now = time.time()
+    board.job_started("a", "pid 1", now - 100)
+    board.job_started("b", "pid 2", now - 30)
+    board.job_ended("a", ok=True)  # took 100 s
+    line = board.status_line()
+    assert "1 done, 1 running (b 00:30), 2 queued, 0 failed" in line
+    # 2 queued x 100 s + b's remaining 70 s, over the 2 jobs seen running at once: 135 s
+    assert board.eta_s() == pytest.approx(135, abs=2)
+    assert "ETA 02:1" in line
+    board.job_ended("b", ok=False)
+    assert "1 failed" in board.status_line()
+    assert lines, "a log gets the one-line status"
+    with ProgressBoard(2, lines.append, interactive=True) as live:  # the rich panel on a terminal
+        live.job_started("c", "ray node x", time.time())
+        title = str(live._panel().title)
+        assert "0 done · 1 running · 1 queued · 0 failed" in title

@@ -126,7 +126,19 @@ def run_section(run_dir: Path, docs: Path, copy: bool, context: str | None) -> l
             f"Files: [`results.csv`](benchmarks/{name}/results.csv), [full report](benchmarks/{name}/report.md)",
             "",
         ]
-        lines += [f"![{p.stem}](benchmarks/{name}/{p.name})" for p in sorted(target.glob("*.png"))]
+        pngs = sorted(p for p in target.glob("*.png") if p.name in {q.name for q in run_dir.glob("*.png")})
+        plots = [p for p in pngs if not p.name.startswith(("grid_", "scores_"))]
+        lines += [f"![{p.stem}](benchmarks/{name}/{p.name})" for p in plots]
+        pictures = [p for p in pngs if p.name.startswith(("grid_", "scores_"))]
+        if pictures:
+            lines += [
+                "",
+                "#### Anomaly maps and score distributions",
+                "",
+                "One colour scale for every map column: anomalib's normalised map, 0.5 = the model's threshold.",
+                "",
+            ]
+            lines += [f"![{p.stem}](benchmarks/{name}/{p.name})" for p in pictures]
     lines.append("")
     return lines
 

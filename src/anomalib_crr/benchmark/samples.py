@@ -89,21 +89,32 @@ class SampleRecorder:
         self.category_of: Any = None
         self.normalisation = "raw model output"
         self.mean_std: tuple[Any, Any] | None = None
+        self.error: str | None = None
 
         class _Callback(Callback):
             def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-                recorder.start(trainer.datamodule, pl_module)
+                recorder.guarded(recorder.start, trainer.datamodule, pl_module)
 
             def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, *args: Any) -> None:
                 del trainer, pl_module, outputs, args
-                recorder.flush()
+                recorder.guarded(recorder.flush)
                 recorder.pending = batch
 
             def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
                 del trainer, pl_module
-                recorder.flush()
+                recorder.guarded(recorder.flush)
 
         self.callback = _Callback()
+
+    def guarded(self, step: Any, *args: Any) -> None:
+        """Run a recording step; a failure turns recording off (with the reason) instead of failing the job."""
+        if self.error is not None:
+            return
+        try:
+            step(*args)
+        except Exception as exc:  # the pictures are an extra: the job's metrics must not depend on them
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.maps.clear()
 
     def start(self, datamodule: Any, model: Any) -> None:
         """Choose the images from the test set and note how the model's post-processor scales its outputs."""
@@ -171,6 +182,8 @@ class SampleRecorder:
         """Write ``scores.csv`` and ``maps.npz``; returns what the result records about them."""
         import pandas as pd
 
+        if self.error is not None:
+            return {"maps": None, "scores": None, "error": f"pictures not recorded: {self.error}"}
         pd.DataFrame(self.scores).to_csv(job_dir / SCORES, index=False)
         paths = sorted(self.maps)
         if not paths:
