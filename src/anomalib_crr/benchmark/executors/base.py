@@ -104,10 +104,6 @@ class Executor(ABC):
         """Why a job that ended without a result failed, where the executor knows more than the exit code."""
         return None
 
-    def timing_note(self) -> str:
-        """How this executor's latency and throughput figures were measured (shown in the report)."""
-        return "exclusive: one job at a time on this machine"
-
     def finish(self) -> None:  # noqa: B027 - optional hook
         """Called once after the last job (release a cluster connection, etc.)."""
 

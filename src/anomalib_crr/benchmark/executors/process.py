@@ -143,7 +143,7 @@ class ProcessExecutor(Executor):
         self.poll(submission)
 
     def timing_note(self) -> str:
-        """The timing mode given at construction."""
+        """How this pool's latency and throughput figures are measured (each job records it in its result)."""
         return self.timing
 
 

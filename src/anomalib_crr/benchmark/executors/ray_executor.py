@@ -141,10 +141,6 @@ class RayExecutor(Executor):
         del code
         return submission.handle.get("error")
 
-    def timing_note(self) -> str:
-        """Ray tasks may share nodes."""
-        return "per task: exclusive GPU when the task asks for GPUs, else shared with other tasks on its node"
-
     def finish(self) -> None:
         """Shut down the local cluster this run started (an existing cluster is left running)."""
         import ray

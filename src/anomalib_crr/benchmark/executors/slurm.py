@@ -211,10 +211,6 @@ class SlurmExecutor(Executor):
         stderr = self.folder / str(slurm_id) / f"{slurm_id}_0_log.err"
         return f"SLURM job {slurm_id} ended ({state}) without a result; SLURM stderr: {stderr}"
 
-    def timing_note(self) -> str:
-        """SLURM allocations."""
-        return "per job: its SLURM allocation (exclusive GPU when it asks for GPUs)"
-
 
 def _state(slurm_id: str) -> str | None:
     """The job's state while it is in the queue (PENDING, RUNNING, REQUEUED, ...), else ``None``."""
