@@ -62,7 +62,7 @@ def interleaved_medians(
                 synchronize()
                 if round_index >= warmup:
                     times[name].append(time.perf_counter() - start)
-            print(f"round {round_index}: " + ", ".join(f"{n}={v[-1]:.2f}s" for n, v in times.items() if v), flush=True)
+            print(f"round {round_index}: " + ", ".join(f"{n}={v[-1]:.4f}s" for n, v in times.items() if v), flush=True)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

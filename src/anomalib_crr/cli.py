@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 # Keys that ``anomalib train`` writes into a run's config.yaml but that ``predict`` and ``export`` refuse
 # ("Subcommand 'export' does not accept option 'optimizer'"), for every anomalib model in 2.7.
@@ -165,7 +166,41 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     configure_logger()
     with tempfile.TemporaryDirectory(prefix="anomalib_crr_config_") as workdir:
-        AnomalibCLI(args=accept_training_run_config(args, Path(workdir)))
+        args = accept_training_run_config(args, Path(workdir))
+        if not (args and args[0] == "export") or "--help" in args or "-h" in args:
+            AnomalibCLI(args=args)
+            return
+        run_export(AnomalibCLI(args=args, run=False))
+
+
+def run_export(cli: Any) -> None:
+    """``export`` for any anomalib model, with the plugin's OpenVINO export.
+
+    For an OpenVINO IR this adds, to anomalib's built-in models as to CRR and MFRNet: ``INT8_PTQ`` / ``INT8_ACQ``
+    that work (anomalib 2.7's own route fails for every model on the calibration images' size and, past that,
+    quantises the scoring into constant outputs) and the OpenVINO Model API metadata (anomalib writes none). The
+    model built by anomalib's CLI is given ``QuantizedOpenVinoExport`` (a subclass made here; CRR and MFRNet have it
+    already), and anomalib's ``Engine.export`` runs as usual: it reloads the checkpoint through the same class. Bad
+    input (no ``--data``, too few images, a refused model, nncf missing) ends with its message, not a traceback.
+    """
+    from anomalib_crr.deploy import CalibrationDataError, QuantizationCheckError
+    from anomalib_crr.models.components.export import QuantizedOpenVinoExport
+
+    model = cli.model
+    if not isinstance(model, QuantizedOpenVinoExport):
+        base = type(model)
+        model.__class__ = type(base.__name__, (QuantizedOpenVinoExport, base), {"__module__": base.__module__})
+    kwargs = cli._prepare_subcommand_kwargs("export")
+    try:
+        cli.engine.export(**kwargs)
+    except (CalibrationDataError, QuantizationCheckError) as error:
+        print(f"anomalib-crr export: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ModuleNotFoundError as error:
+        if error.name != "nncf":
+            raise
+        print(f"anomalib-crr export: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

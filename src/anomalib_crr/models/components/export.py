@@ -1,15 +1,93 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""Export defaults shared by the plugin's models: ONNX at opset 18, inference-only torch files."""
+"""Export defaults shared by the plugin's models: ONNX at opset 18, inference-only torch files, working INT8."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anomalib.data import AnomalibDataModule
+    from anomalib.deploy import CompressionType
+    from torchmetrics import Metric
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_COMPRESSIONS = ("int8_ptq", "int8_acq")
 
 
-class Opset18OnnxExport:
+class QuantizedOpenVinoExport:
+    """Mixin for any ``AnomalibModule``: ``INT8_PTQ`` / ``INT8_ACQ`` OpenVINO export that works.
+
+    ``to_openvino`` with ``INT8_PTQ`` / ``INT8_ACQ`` runs the plugin's quantisation
+    (``anomalib_crr.deploy.quantization``): calibration images at the IR's input size, only ``int8_quantized_modules``
+    quantised, and a check that refuses a model that lost its information. anomalib's own route fails on the image
+    size and, once that is fixed, quantises the scoring and post-processing into constant outputs. The other
+    precisions are anomalib's. ``anomalib-crr export`` gives anomalib's built-in models this mixin too.
+    """
+
+    # Module paths whose ops nncf quantises; the rest of the graph (scoring, post-processing) stays in float.
+    # ``None``: the model's backbone-like children (``deploy.quantization.default_quantized_modules``).
+    int8_quantized_modules: Sequence[str] | None = None
+
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        compression_type: CompressionType | None = None,
+        datamodule: AnomalibDataModule | None = None,
+        metric: Metric | None = None,
+        task: Any = None,
+        max_drop: float = 0.01,
+        ov_kwargs: dict[str, Any] | None = None,
+        onnx_kwargs: dict[str, Any] | None = None,
+    ) -> Path:
+        """Export an OpenVINO IR; see ``AnomalibModule.to_openvino`` (``INT8_PTQ``/``INT8_ACQ``: see the class)."""
+        from anomalib_crr.deploy.model_api import write_model_api_metadata
+
+        compression = getattr(compression_type, "value", compression_type)
+        if compression is not None and str(compression).lower() in QUANTIZED_COMPRESSIONS:
+            from anomalib_crr.deploy.quantization import export_quantized_openvino
+
+            xml_path = export_quantized_openvino(
+                self,  # type: ignore[arg-type]
+                export_root,
+                str(compression).upper(),
+                datamodule,
+                model_file_name=model_file_name,
+                input_size=input_size,
+                metric=metric,
+                max_drop=max_drop,
+                ov_kwargs=ov_kwargs,
+                onnx_kwargs=onnx_kwargs,
+            )
+        else:
+            xml_path = super().to_openvino(  # type: ignore[misc]
+                export_root,
+                model_file_name=model_file_name,
+                input_size=input_size,
+                compression_type=compression_type,
+                datamodule=datamodule,
+                metric=metric,
+                task=task,
+                max_drop=max_drop,
+                ov_kwargs=ov_kwargs,
+                onnx_kwargs=onnx_kwargs,
+            )
+        # OpenVINO Model API (Geti, anomalib's deployment docs) reads these; anomalib 2.7 writes none.
+        try:
+            write_model_api_metadata(xml_path, self, task=task)  # type: ignore[arg-type]
+        except ValueError as error:  # e.g. post-processing off: the IR works, Model API cannot serve it
+            logger.warning("No OpenVINO Model API metadata written to %s: %s", xml_path, error)
+        return xml_path
+
+
+class Opset18OnnxExport(QuantizedOpenVinoExport):
     """Mixin for ``AnomalibModule`` subclasses: export defaults for deployment.
 
     * ``to_onnx`` targets opset 18 unless told otherwise: torch's dynamo exporter builds opset 18;
@@ -19,6 +97,7 @@ class Opset18OnnxExport:
       the pickled module outside ``torch.no_grad()``; with trainable parameters (the decoder, restorer and
       segmentation head) every prediction would build an autograd graph, hold its activations, and return
       tensors on which ``.numpy()`` fails. The module being exported is left as it was.
+    * ``to_openvino``: see ``QuantizedOpenVinoExport``.
     """
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:

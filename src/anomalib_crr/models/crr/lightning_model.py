@@ -121,6 +121,10 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         official_seg_checkpoint: The matching official segmentation-network file (e.g. ``Seg_model_7999.pth``).
     """
 
+    # INT8_PTQ / INT8_ACQ quantise these modules; the encoder-decoder distances, their fusion and the post-processing
+    # stay in float (benchmarks/int8.py measures the choice).
+    int8_quantized_modules = ("model.encoder", "model.bottleneck", "model.decoder", "model.seg_head")
+
     def __init__(
         self,
         encoder_name: str = DEFAULT_ENCODER,

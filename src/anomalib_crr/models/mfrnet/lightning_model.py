@@ -151,6 +151,10 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         visualizer: Visualizer.
     """
 
+    # INT8_PTQ / INT8_ACQ quantise these modules; the error maps, SSIM, whitening and post-processing stay in float
+    # (benchmarks/int8.py measures the choice).
+    int8_quantized_modules = ("model.aggregator", "model.restorer")
+
     def __init__(
         self,
         backbone: str = "tf_efficientnet_lite0",
