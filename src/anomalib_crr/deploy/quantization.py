@@ -320,7 +320,15 @@ def check_quantized(
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32"}
     float_scores, labels, float_maps = _outputs(core.compile_model(float_model, "CPU", config), images)
-    int8_scores, _, int8_maps = _outputs(core.compile_model(int8_model, "CPU", config), images)
+    try:
+        int8_compiled = core.compile_model(int8_model, "CPU", config)
+    except RuntimeError as error:
+        msg = (
+            f"INT8 quantisation refused: OpenVINO cannot compile the quantised model ({str(error).strip()[-300:]}). "
+            "Keep the module named in the message in float: pass `quantized_modules` without it."
+        )
+        raise QuantizationCheckError(msg) from error
+    int8_scores, _, int8_maps = _outputs(int8_compiled, images)
     report = QuantizationReport(
         calibration_images=calibration_count,
         check_images=len(labels),
