@@ -121,9 +121,10 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         official_seg_checkpoint: The matching official segmentation-network file (e.g. ``Seg_model_7999.pth``).
     """
 
-    # INT8_PTQ / INT8_ACQ quantise these modules; the segmentation head, the encoder-decoder distances, their fusion
-    # and the post-processing stay in float. With the segmentation head quantised, OpenVINO 2026.4 could not compile
-    # the INT8 IR (ClampTransformation: NaN bounds after the head's upsampling; benchmarks/int8.py, random encoder).
+    # INT8_PTQ / INT8_ACQ quantise these modules; the segmentation head (its logits are fused into the map), the
+    # encoder-decoder distances, their fusion and the post-processing stay in float. Not yet measured on real weights:
+    # the random-encoder CRR of benchmarks/int8.py gave an INT8 IR that OpenVINO 2026.4 cannot compile
+    # (ClampTransformation: NaN bounds on the map's clamp), which the export refuses with a QuantizationCheckError.
     int8_quantized_modules = ("model.encoder", "model.bottleneck", "model.decoder")
 
     def __init__(
