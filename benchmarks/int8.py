@@ -22,7 +22,8 @@ Usage::
     python benchmarks/int8_fit.py                      # fit once (about 25 min on 2 cores)
     python benchmarks/int8.py --datasets tire mt --models MFRNet PatchCore Padim CRR
 
-Writes ``<output>/int8_<dataset>.csv`` / ``.md``.
+Writes ``<output>/int8_<dataset>.csv`` / ``.md``; with ``--profile`` also ``int8_<dataset>_profile.csv`` / ``.md``:
+each IR's time at batch 8 per torch module (``anomalib_crr.deploy.profiling``), which shows what stays in float.
 """
 
 from __future__ import annotations
@@ -234,10 +235,27 @@ def max_difference(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.abs(actual.reshape(expected.shape).astype(np.float64) - expected).max())
 
 
-def measure(name: str, dataset: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every variant of one (dataset, model): accuracy, agreement with torch, latency and throughput."""
+def onnx_module_paths(model: Any, root: Path) -> dict[str, str]:
+    """ONNX node names -> module paths of ``model`` (an ONNX export of it), for the IR profiles."""
+    from anomalib.deploy import ExportType
+    from anomalib.engine import Engine
+
+    from anomalib_crr.deploy.quantization import node_module_paths
+
+    engine = Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1)
+    return node_module_paths(Path(engine.export(model, ExportType.ONNX, root, input_size=(SIZE, SIZE))))
+
+
+def measure(
+    name: str, dataset: str, args: argparse.Namespace, profiles: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Every variant of one (dataset, model): accuracy, agreement with torch, latency and throughput.
+
+    With ``profiles`` (a list), each IR's per-module time at batch ``args.batch`` is appended to it.
+    """
     import openvino as ov
 
+    from anomalib_crr.deploy.profiling import module_times, profile_rows
     from anomalib_crr.deploy.quantization import default_quantized_modules
 
     datamodule = build_datamodule(dataset, batch_size=8, num_workers=0)
@@ -255,6 +273,7 @@ def measure(name: str, dataset: str, args: argparse.Namespace) -> list[dict[str,
     variants = [variant for variant in args.variants if variant in VARIANTS]
     extra_scopes = args.mfrnet_scopes if name == "MFRNet" else []
     with tempfile.TemporaryDirectory(prefix="int8_") as workdir:
+        module_paths = onnx_module_paths(model, Path(workdir) / "onnx") if profiles is not None else {}
         for variant in variants + [f"INT8_PTQ[{scope_}]" for scope_ in extra_scopes]:
             row: dict[str, Any] = {"dataset": dataset, "model": name, "variant": variant}
             if variant == "torch":
@@ -279,6 +298,9 @@ def measure(name: str, dataset: str, args: argparse.Namespace) -> list[dict[str,
                 row["max_diff_batch_vs_1"] = max(
                     max_difference(single[key], outputs[key]) for key in ("pred_score", "anomaly_map")
                 )
+                if profiles is not None:
+                    times = module_times(path, module_paths, eight, threads=args.threads)
+                    profiles.extend(profile_rows(variant, times, dataset=dataset, model=name))
                 calls[f"{variant}/b1"] = lambda compiled=compiled: infer(compiled, one)
                 calls[f"{variant}/b{args.batch}"] = lambda compiled=compiled: infer(compiled, eight)
                 label = "+".join(modules) if "INT8_" in variant else ""
@@ -330,17 +352,30 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="timed round-robin runs; 0: accuracy only")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--append", action="store_true", help="keep the other rows of an existing table")
+    parser.add_argument("--profile", action="store_true", help="also write each IR's time per torch module")
     args = parser.parse_args()
     cpu = cpu_description()
     for dataset in args.datasets:
         path = args.output / f"int8_{dataset}"
+        profile_path = args.output / f"int8_{dataset}_profile"
         rows = read_rows(path.with_suffix(".csv")) if args.append else []
+        profiles = read_rows(profile_path.with_suffix(".csv")) if args.append and args.profile else []
         for name in args.models:
             if name == "CRR" and dataset != args.datasets[0]:
                 continue  # a random encoder: agreement and speed once are enough
-            measured = measure(name, dataset, args)
+            measured_profiles: list[dict[str, Any]] | None = [] if args.profile else None
+            measured = measure(name, dataset, args, measured_profiles)
             done = {(row["model"], row["variant"]) for row in measured}
             rows = [row for row in rows if (row["model"], row["variant"]) not in done] + measured
+            if measured_profiles is not None:
+                profiles = [row for row in profiles if (row["model"], row["variant"]) not in done] + measured_profiles
+                profile_note = (
+                    f"CPU: {cpu}. OpenVINO per-operation time (PERF_COUNT) at batch {args.batch}, {args.threads} "
+                    "threads, mean of 5 calls, attributed to the torch module that produced each operation (module "
+                    "path cut to 3 levels; `(root)`: the model's own forward, `(unattributed)`: operations OpenVINO "
+                    "inserted). The sum is slightly more than the wall time (counters include some overlap)."
+                )
+                write(profiles, profile_path, f"Where each IR spends its time, {dataset}, {SIZE}²", profile_note)
             notes = (
                 f"CPU: {cpu}. {args.threads} threads, INFERENCE_PRECISION_HINT=f32, "
                 f"median of {args.runs} round-robin runs. Weights: lite0 ImageNet (CNN models), random ViT-S/14 (CRR: "

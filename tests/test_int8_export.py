@@ -28,6 +28,7 @@ from anomalib_crr.deploy.quantization import (
     check_quantized,
     fit_to_input,
     float_scope,
+    node_module_paths,
 )
 
 from .helpers import PADIM_ENTRY, TINY_IMAGE, tiny_crr, tiny_mfrnet
@@ -253,3 +254,24 @@ def test_float_scope_keeps_scoring_and_post_processing(fitted: dict[str, Any], t
     assert {"pred_score", "anomaly_map"} <= floats  # post-processor outputs
     assert convolutions - floats, "no backbone convolution left to quantise"
     assert floats < names
+
+
+def test_ir_profile_attributes_time_to_modules(fitted: dict[str, Any], tmp_path: Path) -> None:
+    """The per-module profile finds the backbone, the restorer and the post-processor, and attributes most time."""
+    import openvino as ov
+
+    from anomalib_crr.deploy.profiling import UNATTRIBUTED, module_of, module_times, profile_rows
+
+    model = fitted["models"]["MFRNet"]
+    onnx_path = Path(model.to_onnx(tmp_path, input_size=SIZE))
+    xml = tmp_path / "model.xml"
+    ov.save_model(ov.convert_model(onnx_path), xml)
+    paths = node_module_paths(onnx_path)
+    assert module_of("not_an_onnx_node", paths) is None
+    times = module_times(xml, paths, fitted["images"][:2], threads=1, repeats=2)
+    assert {"model.aggregator.extractor", "model.restorer.blocks", "post_processor"} <= set(times)
+    assert all(ms >= 0 for ms in times.values())
+    assert times[UNATTRIBUTED] < 0.3 * sum(times.values())
+    rows = profile_rows("FP32", times, model="MFRNet")
+    assert rows[0]["ms"] == pytest.approx(max(times.values()), abs=0.01)
+    assert sum(row["share_pct"] for row in rows) == pytest.approx(100, abs=0.5)

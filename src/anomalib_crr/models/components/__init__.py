@@ -3,6 +3,7 @@
 
 """Helpers shared by the models: hub access, local weight files, pre-processor checks, fit-end validation, resume."""
 
+from .blur import SeparableGaussianBlur2d
 from .checkpointing import PeriodicCheckpoint, RandomStateCheckpoint
 from .fit_end import ValidateAtFitEnd, ValidatesAtFitEnd
 from .hub import hub_id, offline_hub_if_unreachable
@@ -11,6 +12,7 @@ from .transforms import flatten_transforms, transform_output_size
 __all__ = [
     "PeriodicCheckpoint",
     "RandomStateCheckpoint",
+    "SeparableGaussianBlur2d",
     "ValidateAtFitEnd",
     "ValidatesAtFitEnd",
     "flatten_transforms",

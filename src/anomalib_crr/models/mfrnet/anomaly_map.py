@@ -9,8 +9,9 @@ from enum import Enum
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib.models.components import GaussianBlur2d
 from torch import nn
+
+from anomalib_crr.models.components import SeparableGaussianBlur2d
 
 
 class ScoreMode(str, Enum):
@@ -24,7 +25,8 @@ class AnomalyMapGenerator(nn.Module):
     """Upsample bilinearly to the input size, smooth with a Gaussian, take the score.
 
     Args:
-        sigma: Gaussian σ in input pixels (kernel ``2·⌊4σ + 0.5⌋ + 1``, 33 for σ = 4, as PaDiM).
+        sigma: Gaussian σ in input pixels (kernel ``2·⌊4σ + 0.5⌋ + 1``, 33 for σ = 4, as PaDiM). Computed as two 1-D
+            passes (the same function as anomalib's 2-D blur, 16x fewer operations at k = 33).
         score_mode: ``"max"`` (default) or ``"top1_mean"``.
     """
 
@@ -34,7 +36,8 @@ class AnomalyMapGenerator(nn.Module):
         self.blur: nn.Module = nn.Identity()
         if sigma > 0:
             kernel_size = 2 * int(4.0 * sigma + 0.5) + 1
-            self.blur = GaussianBlur2d(sigma=(sigma, sigma), channels=1, kernel_size=(kernel_size, kernel_size))
+            size = (kernel_size, kernel_size)
+            self.blur = SeparableGaussianBlur2d(sigma=(sigma, sigma), channels=1, kernel_size=size)
 
     def forward(self, discrepancy: torch.Tensor, image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Map ``(B, 1, H, W)`` at ``image_size`` and score ``(B,)`` from a ``(B, h, w)`` discrepancy."""
