@@ -103,6 +103,20 @@ def crr_model() -> Any:
     return model.eval()
 
 
+def validate_post_processor(model: Any, datamodule: Any) -> None:
+    """Fit the post-processor's normalisation and thresholds on the validation split (``Engine.validate``).
+
+    The random CRR is never trained, so without this its post-processor keeps NaN statistics, and the INT8 export
+    refuses it (``UnfittedModelError``: OpenVINO cannot compile a quantised model with NaN clamp bounds).
+    """
+    from anomalib.engine import Engine
+
+    with tempfile.TemporaryDirectory(prefix="int8_validate_") as root:
+        engine = Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False)
+        engine.validate(model=model, datamodule=datamodule)
+    model.eval()
+
+
 def run_torch(model: Any, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:
     """Post-processed scores and maps of the torch model."""
     scores, maps = [], []
@@ -289,6 +303,8 @@ def measure(
 
     datamodule = build_datamodule(dataset, batch_size=8, num_workers=0)
     model = crr_model() if name == "CRR" else load_fitted(args.ckpt_dir, dataset, name, model_args())
+    if name == "CRR":
+        validate_post_processor(model, datamodule)
     declared = getattr(model, "int8_quantized_modules", None)
     scope = tuple(declared) if declared is not None else default_quantized_modules(model)
     data = test_arrays(datamodule)

@@ -21,7 +21,7 @@ from anomalib.engine import Engine
 from anomalib_crr import CRR, MFRNet
 from anomalib_crr.cli import main as cli_main
 from anomalib_crr.data import make_synthetic_mvtec
-from anomalib_crr.deploy import CalibrationDataError, QuantizationCheckError
+from anomalib_crr.deploy import CalibrationDataError, QuantizationCheckError, UnfittedModelError
 from anomalib_crr.deploy.quantization import (
     MIN_CALIBRATION_IMAGES,
     ResizedImages,
@@ -187,6 +187,19 @@ def test_cli_without_data_exits_with_the_message(
         )  # fmt: skip
     assert exit_info.value.code == 2
     assert "INT8_ACQ needs calibration images" in capsys.readouterr().err
+
+
+def test_unfitted_model_is_refused_before_quantisation(fitted: dict[str, Any], tmp_path: Path) -> None:
+    """A never-validated model (NaN post-processor statistics) gets a clear error, not an uncompilable IR."""
+    model = tiny_crr()
+    model.model.mark_seg_head_trained()
+    with pytest.raises(UnfittedModelError, match=r"image_min, image_max.* are NaN.*engine.validate"):
+        _engine(tmp_path).export(
+            model.eval(), ExportType.OPENVINO, tmp_path, input_size=SIZE, compression_type=CompressionType.INT8_PTQ,
+            datamodule=_datamodule(fitted["data"]),
+        )  # fmt: skip
+    assert not list(tmp_path.rglob("*.xml"))
+    assert not list(tmp_path.rglob("*.onnx"))  # refused before the export
 
 
 def test_too_few_calibration_images_names_the_count(fitted: dict[str, Any], tmp_path: Path) -> None:

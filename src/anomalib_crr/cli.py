@@ -181,9 +181,10 @@ def run_export(cli: Any) -> None:
     quantises the scoring into constant outputs) and the OpenVINO Model API metadata (anomalib writes none). The
     model built by anomalib's CLI is given ``QuantizedOpenVinoExport`` (a subclass made here; CRR and MFRNet have it
     already), and anomalib's ``Engine.export`` runs as usual: it reloads the checkpoint through the same class. Bad
-    input (no ``--data``, too few images, a refused model, nncf missing) ends with its message, not a traceback.
+    input (no ``--data``, too few images, an unfitted model, a refused model, nncf missing) ends with its message,
+    not a traceback.
     """
-    from anomalib_crr.deploy import CalibrationDataError, QuantizationCheckError
+    from anomalib_crr.deploy import CalibrationDataError, QuantizationCheckError, UnfittedModelError
     from anomalib_crr.models.components.export import QuantizedOpenVinoExport
 
     model = cli.model
@@ -193,7 +194,7 @@ def run_export(cli: Any) -> None:
     kwargs = cli._prepare_subcommand_kwargs("export")
     try:
         cli.engine.export(**kwargs)
-    except (CalibrationDataError, QuantizationCheckError) as error:
+    except (CalibrationDataError, QuantizationCheckError, UnfittedModelError) as error:
         print(f"anomalib-crr export: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except ModuleNotFoundError as error:

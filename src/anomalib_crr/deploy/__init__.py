@@ -8,6 +8,7 @@ from .quantization import (
     WHOLE_GRAPH,
     CalibrationDataError,
     QuantizationCheckError,
+    UnfittedModelError,
     export_quantized_openvino,
     quantize_openvino,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "WHOLE_GRAPH",
     "CalibrationDataError",
     "QuantizationCheckError",
+    "UnfittedModelError",
     "export_quantized_openvino",
     "load_model_api",
     "model_api_metadata",

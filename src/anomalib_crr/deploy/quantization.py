@@ -63,6 +63,10 @@ class CalibrationDataError(ValueError):
     """The datamodule gives no, or too few, calibration images."""
 
 
+class UnfittedModelError(ValueError):
+    """The model's post-processor has no fitted statistics, so its quantised IR cannot be compiled."""
+
+
 class QuantizationCheckError(RuntimeError):
     """The quantised model lost the float model's information (constant scores or a large AUROC drop)."""
 
@@ -469,6 +473,38 @@ def quantize_openvino(
     return quantized, report
 
 
+POST_PROCESSOR_STATISTICS = ("image_min", "image_max", "pixel_min", "pixel_max", "image_threshold", "pixel_threshold")
+
+
+def check_post_processor_fitted(model: torch.nn.Module, compression: str) -> None:
+    """Refuse a model whose post-processor normalises with statistics it never fitted (NaN until validation).
+
+    Why: anomalib's ``PostProcessor`` starts with NaN minima, maxima and thresholds and fits them during
+    validation. A float IR of such a model still runs (its outputs are not normalised), but after quantisation
+    OpenVINO 2026.4 cannot compile it ("ClampTransformation: m_min <= m_max failed": the NaN bounds of the map's
+    clamp), measured on a never-validated CRR. Saying so before the slow ONNX export and calibration is clearer.
+
+    Raises:
+        UnfittedModelError: Naming the NaN statistics and how to fit them.
+    """
+    post_processor = getattr(model, "post_processor", None)
+    if post_processor is None or not getattr(post_processor, "enable_normalization", False):
+        return
+    missing = []
+    for name in POST_PROCESSOR_STATISTICS:
+        value = getattr(post_processor, name, None)
+        if isinstance(value, torch.Tensor) and value.numel() and bool(torch.isnan(value).any()):
+            missing.append(name)
+    if missing:
+        msg = (
+            f"{compression} needs a fitted model: its post-processor's {', '.join(missing)} are NaN, because the "
+            f"model was never validated, and OpenVINO cannot compile a quantised model with NaN normalisation "
+            "bounds. Fit it (engine.fit validates at the end) or run engine.validate(model, datamodule) before the "
+            "INT8 export."
+        )
+        raise UnfittedModelError(msg)
+
+
 def export_quantized_openvino(
     model: AnomalibModule,
     export_root: Path | str,
@@ -494,6 +530,7 @@ def export_quantized_openvino(
 
     if datamodule is None:  # before the (slow) ONNX export
         calibration_images(None, None, 0, compression)
+    check_post_processor_fitted(model, compression)
     if quantized_modules is None:
         declared = getattr(model, "int8_quantized_modules", None)
         quantized_modules = tuple(declared) if declared is not None else default_quantized_modules(model)

@@ -122,9 +122,9 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     """
 
     # INT8_PTQ / INT8_ACQ quantise these modules; the segmentation head (its logits are fused into the map), the
-    # encoder-decoder distances, their fusion and the post-processing stay in float. Not yet measured on real weights:
-    # the random-encoder CRR of benchmarks/int8.py gave an INT8 IR that OpenVINO 2026.4 cannot compile
-    # (ClampTransformation: NaN bounds on the map's clamp), which the export refuses with a QuantizationCheckError.
+    # encoder-decoder distances, their fusion and the post-processing stay in float. Not measured on real weights (none
+    # here); benchmarks/int8.py measures agreement and speed with a random encoder. A never-validated CRR (NaN
+    # post-processor statistics) is refused before quantisation: OpenVINO 2026.4 cannot compile its quantised IR.
     int8_quantized_modules = ("model.encoder", "model.bottleneck", "model.decoder")
 
     def __init__(
