@@ -249,7 +249,11 @@ def _export_in_child(state: Path, name: str, dataset: str, variant: str, root: P
     if name == "CRR":
         model.load_state_dict(torch.load(state, weights_only=True))
     datamodule = build_datamodule(dataset, batch_size=8, num_workers=0)
-    path, seconds = export_variant(model, variant, root, datamodule, modules)
+    try:
+        path, seconds = export_variant(model, variant, root, datamodule, modules)
+    except Exception as error:  # the parent reports the reason (a refused export is a result)
+        (root / "error.txt").write_text(f"{type(error).__name__}: {error}")
+        raise
     (root / "exported.txt").write_text(f"{path}\n{seconds}")
 
 
@@ -265,7 +269,9 @@ def export_isolated(model: Any, name: str, dataset: str, variant: str, root: Pat
     )
     process.start()
     process.join()
-    result = root / "exported.txt"
+    result, error = root / "exported.txt", root / "error.txt"
+    if error.is_file():
+        raise RuntimeError(error.read_text())
     if process.exitcode != 0 or not result.is_file():
         msg = f"export process ended with exit code {process.exitcode} (negative: killed by signal)"
         raise RuntimeError(msg)
