@@ -134,19 +134,15 @@ def infer(compiled: Any, images: np.ndarray) -> dict[str, np.ndarray]:
     An IR with a static batch size (anomalib's PatchCore export fixes it at 2) runs the batch in chunks of that size,
     the last one padded by repeating its last image.
     """
-    batch = compiled.input(0).get_partial_shape()[0]
-    if batch.is_dynamic or batch.get_length() == len(images):
-        out = compiled(images)
-        return {key: np.asarray(out[key]) for key in ("pred_score", "anomaly_map")}
-    size = batch.get_length()
+    from anomalib_crr.deploy.profiling import static_batches
+
+    chunks = static_batches(images, compiled.input(0).get_partial_shape()[0])
     parts: dict[str, list[np.ndarray]] = {"pred_score": [], "anomaly_map": []}
-    for start in range(0, len(images), size):
-        chunk = images[start : start + size]
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
-        out = compiled(padded)
+    for chunk in chunks:
+        out = compiled(chunk)
         for key, values in parts.items():
-            values.append(np.asarray(out[key])[: len(chunk)])
-    return {key: np.concatenate(values) for key, values in parts.items()}
+            values.append(np.asarray(out[key]))
+    return {key: np.concatenate(values)[: len(images)] for key, values in parts.items()}
 
 
 def run_ir(compiled: Any, images: np.ndarray, batch: int = 8) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ import argparse
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,23 +44,40 @@ def module_times(
     """Milliseconds per call of ``images`` spent in each module (its path cut to ``depth`` levels).
 
     The root module's own operations (``""``) are reported as ``(root)``; operations whose names carry no ONNX node
-    name (constant-folded or inserted by OpenVINO) as ``(unattributed)``.
+    name (constant-folded or inserted by OpenVINO) as ``(unattributed)``. An IR with a static batch size (anomalib's
+    PatchCore export fixes it at 2) runs ``images`` in chunks of that size, the last one padded; the times are the
+    sums over the chunks.
     """
     import openvino as ov
 
     core = ov.Core()
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERF_COUNT": True}
-    request = core.compile_model(core.read_model(xml), "CPU", config).create_infer_request()
+    compiled = core.compile_model(core.read_model(xml), "CPU", config)
+    request = compiled.create_infer_request()
+    chunks = static_batches(images, compiled.input(0).get_partial_shape()[0])
     for _ in range(2):  # warm-up: first calls allocate and pick kernels
-        request.infer({0: images})
+        request.infer({0: chunks[0]})
     times: Counter[str] = Counter()
     for _ in range(repeats):
-        request.infer({0: images})
-        for info in request.profiling_info:
-            module = module_of(info.node_name, paths)
-            key = UNATTRIBUTED if module is None else (".".join(module.split(".")[:depth]) or "(root)")
-            times[key] += info.real_time.total_seconds() * 1000 / repeats
+        for chunk in chunks:
+            request.infer({0: chunk})
+            for info in request.profiling_info:
+                module = module_of(info.node_name, paths)
+                key = UNATTRIBUTED if module is None else (".".join(module.split(".")[:depth]) or "(root)")
+                times[key] += info.real_time.total_seconds() * 1000 / repeats
     return times
+
+
+def static_batches(images: np.ndarray, batch: Any) -> list[np.ndarray]:
+    """``images`` as one batch, or in chunks of the IR's static batch size (the last padded with its last image)."""
+    if batch.is_dynamic or batch.get_length() == len(images):
+        return [images]
+    size = batch.get_length()
+    chunks = []
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        chunks.append(np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)]))
+    return chunks
 
 
 def profile_rows(name: str, times: Counter[str], **fields: object) -> list[dict[str, object]]:
