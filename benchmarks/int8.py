@@ -318,7 +318,7 @@ def measure(
     calls: dict[str, Callable[[], object]] = {}
     one, eight = data["image"][:1], data["image"][: args.batch]
     variants = [variant for variant in args.variants if variant in VARIANTS]
-    extra_scopes = args.mfrnet_scopes if name == "MFRNet" else []
+    extra_scopes = {"MFRNet": args.mfrnet_scopes, "CRR": args.crr_scopes}.get(name, [])
     fp32_scores: np.ndarray | None = None  # for the interval of each later variant's image AUROC difference
     with tempfile.TemporaryDirectory(prefix="int8_") as workdir:
         module_paths = onnx_module_paths(model, Path(workdir) / "onnx") if profiles is not None else {}
@@ -398,6 +398,12 @@ def main() -> None:
         nargs="*",
         default=["model.aggregator"],
         help="extra MFRNet INT8_PTQ rows, each a '+'-joined list of quantised module paths",
+    )
+    parser.add_argument(
+        "--crr-scopes",
+        nargs="*",
+        default=["model.encoder+model.bottleneck+model.decoder+model.seg_head"],
+        help="extra CRR INT8_PTQ rows, each a '+'-joined list of quantised module paths",
     )
     parser.add_argument("--ckpt-dir", type=Path, default=DEFAULT_CKPT_DIR)
     parser.add_argument("--threads", type=int, default=2)

@@ -153,7 +153,7 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
     # INT8_PTQ / INT8_ACQ quantise these modules; the error terms (SSIM, whitening), the envelope, the map blur and
     # the post-processing stay in float. benchmarks/int8.py measures the choice. Quantising only the layers with
-    # weights (the backbone and the restorer's convolutions, attention and MLPs) was 6 % faster on tire with the same
+    # weights (the backbone and the restorer's convolutions, attention and MLPs) was 2-6 % faster on tire with the same
     # accuracy, but agreed worse with torch on the tiny test models (score 0.29 vs 0.17, map correlation 0.75 vs 0.89).
     int8_quantized_modules = ("model.aggregator", "model.restorer")
 
