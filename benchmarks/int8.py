@@ -103,17 +103,21 @@ def crr_model() -> Any:
     return model.eval()
 
 
+def cpu_engine(root: Path | str) -> Any:
+    """The anomalib Engine every step of this benchmark uses: CPU, one device, no logger or progress bar."""
+    from anomalib.engine import Engine
+
+    return Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False)
+
+
 def validate_post_processor(model: Any, datamodule: Any) -> None:
     """Fit the post-processor's normalisation and thresholds on the validation split (``Engine.validate``).
 
     The random CRR is never trained, so without this its post-processor keeps NaN statistics, and the INT8 export
     refuses it (``UnfittedModelError``: OpenVINO cannot compile a quantised model with NaN clamp bounds).
     """
-    from anomalib.engine import Engine
-
     with tempfile.TemporaryDirectory(prefix="int8_validate_") as root:
-        engine = Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False)
-        engine.validate(model=model, datamodule=datamodule)
+        cpu_engine(root).validate(model=model, datamodule=datamodule)
     model.eval()
 
 
@@ -216,13 +220,12 @@ def export_variant(
 ) -> tuple[Path, float]:
     """Export one IR; returns its path and the export time in seconds."""
     from anomalib.deploy import CompressionType, ExportType
-    from anomalib.engine import Engine
 
     from anomalib_crr.deploy import WHOLE_GRAPH, export_quantized_openvino
 
     start = time.perf_counter()
     if variant in {"FP32", "FP16", "INT8"}:
-        engine = Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1)
+        engine = cpu_engine(root)
         compression = None if variant == "FP32" else CompressionType(variant.lower())
         path = engine.export(model, ExportType.OPENVINO, root, input_size=(SIZE, SIZE), compression_type=compression)
     else:
@@ -283,12 +286,10 @@ def max_difference(expected: np.ndarray, actual: np.ndarray) -> float:
 def onnx_module_paths(model: Any, root: Path) -> dict[str, str]:
     """ONNX node names -> module paths of ``model`` (an ONNX export of it), for the IR profiles."""
     from anomalib.deploy import ExportType
-    from anomalib.engine import Engine
 
     from anomalib_crr.deploy.quantization import node_module_paths
 
-    engine = Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1)
-    return node_module_paths(Path(engine.export(model, ExportType.ONNX, root, input_size=(SIZE, SIZE))))
+    return node_module_paths(Path(cpu_engine(root).export(model, ExportType.ONNX, root, input_size=(SIZE, SIZE))))
 
 
 def measure(
