@@ -528,6 +528,8 @@ def export_quantized_openvino(
     from anomalib.deploy import ExportType
     from anomalib.models.components.base.export_mixin.utils import create_export_root
 
+    from anomalib_crr.models.components import separable_blurs
+
     if datamodule is None:  # before the (slow) ONNX export
         calibration_images(None, None, 0, compression)
     check_post_processor_fitted(model, compression)
@@ -535,7 +537,8 @@ def export_quantized_openvino(
         declared = getattr(model, "int8_quantized_modules", None)
         quantized_modules = tuple(declared) if declared is not None else default_quantized_modules(model)
     with tempfile.TemporaryDirectory() as onnx_directory:
-        onnx_path = model.to_onnx(onnx_directory, model_file_name, input_size, **(onnx_kwargs or {}))
+        with separable_blurs(model):  # the mixin's to_onnx does this too; a plain anomalib model gets it here
+            onnx_path = model.to_onnx(onnx_directory, model_file_name, input_size, **(onnx_kwargs or {}))
         float_model = ov.convert_model(onnx_path, **(ov_kwargs or {}))
         quantized, report = quantize_openvino(
             float_model,

@@ -3,7 +3,7 @@
 
 """Helpers shared by the models: hub access, local weight files, pre-processor checks, fit-end validation, resume."""
 
-from .blur import SeparableGaussianBlur2d
+from .blur import SeparableGaussianBlur2d, separable_blurs
 from .checkpointing import PeriodicCheckpoint, RandomStateCheckpoint
 from .fit_end import ValidateAtFitEnd, ValidatesAtFitEnd
 from .hub import hub_id, offline_hub_if_unreachable
@@ -18,5 +18,6 @@ __all__ = [
     "flatten_transforms",
     "hub_id",
     "offline_hub_if_unreachable",
+    "separable_blurs",
     "transform_output_size",
 ]
