@@ -273,6 +273,41 @@ def test_float_scope_keeps_scoring_and_post_processing(fitted: dict[str, Any], t
     assert floats < names
 
 
+def test_float_scope_keeps_operations_that_openvino_renamed_before_float_ones() -> None:
+    """An op with no ONNX name (OpenVINO fused or created it) stays in float when everything it feeds does.
+
+    The graph mimics anomalib's PatchCore IR: the map blur's convolution absorbed the ``Multiply`` after it and took
+    its name, so no ONNX node maps it. It was quantised before this rule. An unnamed op inside the backbone (it feeds
+    a backbone op) is still quantised.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from anomalib_crr.deploy.quantization import float_operations
+
+    def conv(data: Any, name: str) -> Any:
+        weights = ops.constant(np.full((1, 1, 3, 3), 0.1, dtype=np.float32))
+        node = ops.convolution(data, weights, [1, 1], [1, 1], [1, 1], [1, 1])
+        node.set_friendly_name(name)
+        return node
+
+    image = ops.parameter([1, 1, 16, 16], np.float32, name="input")
+    features = conv(conv(conv(image, "backbone_conv1"), "Multiply_11"), "backbone_conv2")  # fused inside the backbone
+    blurred = conv(ops.pad(features, [0, 0, 1, 1], [0, 0, 1, 1], "reflect"), "Multiply_4396")  # the renamed blur
+    output = ops.sigmoid(blurred)
+    output.set_friendly_name("post_processor_sigmoid")
+    ov_model = ov.Model([ops.result(output)], [image])
+    paths = {
+        "backbone_conv1": "model.feature_extractor",
+        "backbone_conv2": "model.feature_extractor",
+        "post_processor_sigmoid": "post_processor",
+    }
+    floats = float_operations(ov_model, paths, ["model.feature_extractor"])
+    assert "Multiply_4396" in floats
+    assert "post_processor_sigmoid" in floats
+    assert not {"backbone_conv1", "Multiply_11", "backbone_conv2"} & set(floats)
+
+
 def test_ir_profile_attributes_time_to_modules(fitted: dict[str, Any], tmp_path: Path) -> None:
     """The per-module profile finds the backbone, the restorer and the post-processor, and attributes most time."""
     import openvino as ov

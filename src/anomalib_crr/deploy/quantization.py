@@ -255,20 +255,43 @@ def default_quantized_modules(model: torch.nn.Module) -> tuple[str, ...]:
 
 def float_scope(ov_model: Any, onnx_path: Path, quantized_modules: Sequence[str]) -> list[str]:
     """Names of the IR's operations that stay in float: every op outside ``quantized_modules``."""
+    if tuple(quantized_modules) == WHOLE_GRAPH:
+        return []
+    return float_operations(ov_model, node_module_paths(onnx_path), quantized_modules)
+
+
+def float_operations(ov_model: Any, paths: dict[str, str], quantized_modules: Sequence[str]) -> list[str]:
+    """The operations of ``ov_model`` outside ``quantized_modules``, given the ONNX names' module paths.
+
+    An operation that OpenVINO created or renamed while converting (no ONNX node of that name: a convolution that
+    absorbed the ``Multiply`` after it is named after that ``Multiply``) stays in float when everything it feeds
+    does. Without that rule anomalib's PatchCore had its map blur quantised (an 8-bit input to the blur's
+    convolution, renamed ``Multiply_*``), against the design that only the feature modules are.
+    """
 
     def quantized(module: str) -> bool:
         return any(module == prefix or module.startswith(f"{prefix}.") for prefix in quantized_modules)
 
-    if tuple(quantized_modules) == WHOLE_GRAPH:
-        return []
-    paths = node_module_paths(onnx_path)
-    names = []
-    for op in ov_model.get_ordered_ops():
-        name = op.get_friendly_name()
+    floating: set[str] = set()
+    for op in reversed(ov_model.get_ordered_ops()):  # consumers before their producers
+        name, kind = op.get_friendly_name(), op.get_type_name()
         module = paths.get(name)
-        if module is not None and not quantized(module):
-            names.append(name)
-    return names
+        if kind == "Result":
+            floating.add(name)
+        elif module is not None:
+            if not quantized(module):
+                floating.add(name)
+        else:
+            consumers = [port.get_node() for output in op.outputs() for port in output.get_target_inputs()]
+            if consumers and all(consumer.get_friendly_name() in floating for consumer in consumers):
+                floating.add(name)
+    inherited_only = {"Result", "Constant", "Parameter"}  # listed when their ONNX node is; nothing to quantise
+    return [
+        op.get_friendly_name()
+        for op in ov_model.get_ordered_ops()
+        if op.get_friendly_name() in floating
+        and (op.get_friendly_name() in paths or op.get_type_name() not in inherited_only)
+    ]
 
 
 def _auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
