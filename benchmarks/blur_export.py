@@ -71,16 +71,12 @@ def with_export_mixin(model: Any) -> Any:
 
 def fit(name: str, dataset: str, coreset: float, root: Path) -> tuple[Any, Any]:
     """One model fitted with anomalib's Engine (seed 0); returns it and its datamodule."""
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     seed_everything(0, workers=True)
     model, info = build_model(name, model_args(image_size=SIZE, coreset=coreset))
     datamodule = build_datamodule(dataset, batch_size=8, num_workers=0)
-    engine = Engine(
-        default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False,
-        max_epochs=info["epochs"],
-    )  # fmt: skip
+    engine = cpu_engine(root, max_epochs=info["epochs"])
     engine.fit(model=model, datamodule=datamodule)
     return model.eval(), datamodule
 

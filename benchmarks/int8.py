@@ -103,11 +103,13 @@ def crr_model() -> Any:
     return model.eval()
 
 
-def cpu_engine(root: Path | str) -> Any:
+def cpu_engine(root: Path | str, **trainer_kwargs: Any) -> Any:
     """The anomalib Engine every step of this benchmark uses: CPU, one device, no logger or progress bar."""
     from anomalib.engine import Engine
 
-    return Engine(default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False)
+    return Engine(
+        default_root_dir=root, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False, **trainer_kwargs
+    )
 
 
 def validate_post_processor(model: Any, datamodule: Any) -> None:
