@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -125,18 +127,47 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    """A running test cluster: its address and the file holding its token."""
+
+    address: str
+    token_file: Path
+
+
+RAY_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _env_without_ray_auth() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in RAY_AUTH_VARIABLES}
+
+
 @pytest.fixture(scope="module")
-def ray_cluster() -> str:
-    """``ray start --head`` in its own processes (2 CPUs), stopped after the module."""
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> RayCluster:
+    """``ray start --head`` as a current cluster runs: token authentication on, advertised on 127.0.0.1 (2 CPUs).
+
+    The token lives in a file of the test's own (not ``~/.ray``), so the driver only gets in when the CLI is
+    given that file. Stopped after the module.
+    """
     ray_cli = str(Path(sys.executable).parent / "ray")
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    token_file = tmp_path_factory.mktemp("ray_auth") / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    env = {
+        **_env_without_ray_auth(),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_file),
+    }
     subprocess.run(
         [
             ray_cli,
             "start",
             "--head",
             f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
             "--num-cpus=2",
             "--object-store-memory=200000000",
             "--include-dashboard=false",
@@ -147,8 +178,27 @@ def ray_cluster() -> str:
         capture_output=True,
         timeout=180,
     )
-    yield f"127.0.0.1:{port}"
+    yield RayCluster(f"127.0.0.1:{port}", token_file)
     subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+
+
+def _ray_cli(config: Path, output: Path, cluster: RayCluster, *extra: str) -> subprocess.Popen[str]:
+    """``anomalib-crr benchmark --executor ray`` on ``cluster``, given its token file, without Ray's auth variables."""
+    command = [sys.executable, "-m", "anomalib_crr", "benchmark", "--config", str(config), "--output", str(output)]
+    return subprocess.Popen(
+        [*command, "--executor", "ray", "--ray-address", cluster.address, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**_env_without_ray_auth(), "HOME": str(output.parent)},  # no ~/.ray/auth_token to fall back on
+    )
+
+
+def _assert_token_nowhere(cluster: RayCluster, output: Path) -> None:
+    token = cluster.token_file.read_text().strip()
+    for path in output.rglob("*"):
+        if path.is_file() and path.suffix in {".json", ".csv", ".md", ".html", ".txt", ".yaml"}:
+            assert token not in path.read_text(errors="replace"), f"the Ray token was written into {path}"
 
 
 def _kill_worker_of(job_name: str) -> tuple[int, int]:
@@ -162,12 +212,13 @@ def _kill_worker_of(job_name: str) -> tuple[int, int]:
 
 
 def test_ray_jobs_run_on_the_cluster_and_a_killed_worker_is_retried_then_reported(
-    ray_cluster: str, tiny_dataset: Path, tmp_path: Path
+    ray_cluster: RayCluster, tiny_dataset: Path, tmp_path: Path
 ) -> None:
     config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY, PATCHCORE_ENTRY], executor={"resources": {"cpus": 1}})
     output = tmp_path / "run"
     padim = "Padim__tiny__per_category__washer__seed0"
-    runner = _cli(config, output, "--executor", "ray", "--ray-address", ray_cluster, "--retries", "1")
+    token = ("--ray-auth-token-file", str(ray_cluster.token_file))
+    runner = _ray_cli(config, output, ray_cluster, *token, "--retries", "1")
     worker_pid, job_pid = _kill_worker_of(padim)
     out, _ = runner.communicate(timeout=600)
     assert runner.returncode == 0, out
@@ -183,14 +234,24 @@ def test_ray_jobs_run_on_the_cluster_and_a_killed_worker_is_retried_then_reporte
     frame = pd.read_csv(output / "results.csv")
     assert sorted(set(frame["model"])) == ["Padim", "Patchcore"]
     assert "## Failed jobs\n\nnone" in (output / "report.md").read_text()
+    _assert_token_nowhere(ray_cluster, output)
 
 
 def test_ray_lost_worker_without_retries_is_reported_failed(
-    ray_cluster: str, tiny_dataset: Path, tmp_path: Path
+    ray_cluster: RayCluster, tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The token from Ray's own variable ($RAY_AUTH_TOKEN_PATH, no option) is used too."""
     config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY])
     output = tmp_path / "run"
-    runner = _cli(config, output, "--executor", "ray", "--ray-address", ray_cluster, "--retries", "0")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(ray_cluster.token_file))
+    command = [sys.executable, "-m", "anomalib_crr", "benchmark", "--config", str(config), "--output", str(output)]
+    runner = subprocess.Popen(
+        [*command, "--executor", "ray", "--ray-address", ray_cluster.address, "--retries", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
     _kill_worker_of("Padim__tiny")
     out, _ = runner.communicate(timeout=300)
     assert runner.returncode == 1, out
@@ -198,6 +259,71 @@ def test_ray_lost_worker_without_retries_is_reported_failed(
     assert result["status"] == "failed"
     assert "Ray task lost after 0 retries" in result["error"]
     assert "Ray task lost" in (output / "report.md").read_text().split("## Failed jobs")[1]
+
+
+@pytest.mark.parametrize("token", ["wrong", "none"])
+def test_ray_cluster_refusing_the_driver_is_one_line_and_exit_2(
+    ray_cluster: RayCluster, tiny_dataset: Path, tmp_path: Path, token: str
+) -> None:
+    """A wrong token, or none, for an authenticated cluster: one line naming address and mode, exit 2, bounded."""
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY])
+    output = tmp_path / "run"
+    extra: tuple[str, ...] = ()
+    if token == "wrong":
+        wrong = tmp_path / "wrong_token"
+        wrong.write_text(secrets.token_hex(32))
+        extra = ("--ray-auth-token-file", str(wrong))
+    started = time.monotonic()
+    runner = _ray_cli(config, output, ray_cluster, *extra)
+    out, _ = runner.communicate(timeout=180)
+    assert runner.returncode == 2, out
+    assert time.monotonic() - started < 150
+    errors = [line for line in out.splitlines() if line.startswith("anomalib-crr benchmark: error:")]
+    assert len(errors) == 1, out
+    assert ray_cluster.address in errors[0]
+    assert ("token authentication (token from file" if token == "wrong" else "with no authentication") in errors[0]
+    assert "--ray-auth-token-file" in errors[0]
+    assert "Traceback" not in out
+    assert not list(output.glob("jobs/*/result.json"))
+
+
+def test_ray_auth_follows_rays_token_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalib_crr.benchmark.executors.ray_auth import resolve_ray_auth
+
+    for name in RAY_AUTH_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_ray_auth(None).mode == "disabled"  # no token anywhere
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("secret-in-home")
+    assert resolve_ray_auth(None).source == str(tmp_path / ".ray" / "auth_token")  # Ray's default file
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "secret-in-env")
+    auth = resolve_ray_auth(None)
+    assert (auth.mode, auth.source) == ("token", "$RAY_AUTH_TOKEN")
+    assert "secret" not in auth.describe()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit mode is respected
+    assert resolve_ray_auth(None).mode == "disabled"
+    with pytest.raises(ConfigError, match="contradicts RAY_AUTH_MODE=disabled"):
+        resolve_ray_auth(tmp_path / ".ray" / "auth_token")
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    with pytest.raises(ConfigError, match=r"--ray-auth-token-file '.*missing' does not exist"):
+        resolve_ray_auth(tmp_path / "missing")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        resolve_ray_auth(tmp_path / "empty")
+
+
+def test_ray_job_larger_than_every_node_fails_at_once(
+    ray_cluster: RayCluster, tiny_dataset: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY], executor={"resources": {"cpus": 64}})
+    output = tmp_path / "run"
+    runner = _ray_cli(config, output, ray_cluster, "--ray-auth-token-file", str(ray_cluster.token_file))
+    out, _ = runner.communicate(timeout=180)
+    assert runner.returncode == 1, out
+    result = json.loads((output / "jobs" / "Padim__tiny__per_category__washer__seed0" / "result.json").read_text())
+    assert result["status"] == "failed"
+    assert "asks for 64 CPUs, but the largest node of the Ray cluster has 2" in result["error"]
 
 
 # --- SLURM: a real single-node cluster ------------------------------------------------------------------------

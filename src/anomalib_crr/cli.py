@@ -48,6 +48,11 @@ def _benchmark_parser() -> argparse.ArgumentParser:
         help="pool on CPU: re-time each job's inference alone after the run (default on)",
     )
     where.add_argument("--ray-address", default=None, help="ray: auto or host:port (default: a local cluster)")
+    where.add_argument(
+        "--ray-auth-token-file",
+        default=None,
+        help="ray: file with the cluster's token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)",
+    )
     where.add_argument("--retries", type=int, default=None, help="ray: retries of a task lost with its node")
     where.add_argument("--partition", default=None, help="slurm partition")
     where.add_argument("--account", default=None, help="slurm account")
@@ -69,6 +74,7 @@ def _executor_overrides(args: argparse.Namespace) -> dict[str, object]:
         "gpus_per_job": args.gpus_per_job,
         "exclusive_timing": args.exclusive_timing,
         "ray_address": args.ray_address,
+        "ray_auth_token_file": args.ray_auth_token_file,
         "retries": args.retries,
         "resources": {k: v for k, v in resources.items() if v is not None} or None,
         "slurm": {"partition": args.partition, "account": args.account, "qos": args.qos, "time_min": args.time_min},

@@ -11,6 +11,7 @@ executor:
   exclusive_timing: true  # pool on CPU: re-time each job's inference alone at the end of the run
   retries: 1              # ray: retries of a task lost with its worker or node
   ray_address: auto       # ray: an existing cluster (auto or host:port); unset = a local one for the run
+  ray_auth_token_file: ~/.ray/auth_token   # ray: the cluster's token (default: Ray's own sources, see ray_auth)
   resources: {gpus: 1, cpus: 8, memory_gb: 32}   # ray/slurm: what a job asks for (a model's own wins)
   slurm: {partition: gpu, account: lab, qos: normal, time_min: 240, array_parallelism: 64,
           setup: ["module load cuda"], additional: {constraint: a100}}
@@ -25,7 +26,17 @@ from typing import Any
 from ..config import ConfigError, _check_keys, parse_resources
 
 EXECUTOR_NAMES = ("local", "pool", "ray", "slurm")
-EXECUTOR_KEYS = {"name", "workers", "gpus_per_job", "exclusive_timing", "retries", "ray_address", "resources", "slurm"}
+EXECUTOR_KEYS = {
+    "name",
+    "workers",
+    "gpus_per_job",
+    "exclusive_timing",
+    "retries",
+    "ray_address",
+    "ray_auth_token_file",
+    "resources",
+    "slurm",
+}
 SLURM_KEYS = {"partition", "account", "qos", "time_min", "array_parallelism", "setup", "additional", "cluster"}
 # What a job asks a cluster for when neither its model entry nor the executor section says.
 DEFAULT_RESOURCES = {
@@ -44,6 +55,7 @@ class ExecutorOptions:
     exclusive_timing: bool = True
     retries: int = 1
     ray_address: str | None = None
+    ray_auth_token_file: str | None = None
     resources: dict[str, Any] = field(default_factory=dict)
     slurm: dict[str, Any] = field(default_factory=dict)
     dry_run: bool = False
@@ -86,6 +98,7 @@ def parse_executor(section: dict[str, Any], overrides: dict[str, Any], where: st
         exclusive_timing=bool(values.get("exclusive_timing", True)),
         retries=retries,
         ray_address=values.get("ray_address"),
+        ray_auth_token_file=values.get("ray_auth_token_file"),
         resources=parse_resources(values.get("resources"), f"{where}: executor.resources"),
         slurm=slurm,
         dry_run=bool(values.get("dry_run", False)),

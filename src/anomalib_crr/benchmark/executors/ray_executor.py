@@ -13,6 +13,10 @@ paths the config names and this package installed.
 A task whose worker or node dies is retried ``retries`` times by Ray (``max_retries``); after that the job is
 reported failed with Ray's reason. The job process dies with its worker (``PR_SET_PDEATHSIG``), so a retry
 never races an orphan.
+
+An existing cluster is reached with the authentication :mod:`.ray_auth` chooses (token authentication is Ray's
+default since 2.59); a refused connection is a :class:`ConfigError` of one line (the CLI exits with 2), and a job
+that asks for more than any node of the cluster has fails at once instead of waiting in Ray's queue forever.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .base import (
     job_environment,
 )
 from .options import ExecutorOptions
+from .ray_auth import apply_ray_auth, connection_error, resolve_ray_auth
 
 # Files of a job folder that travel back to the driver (the Engine's checkpoints do not).
 RETURNED_FILES = ("result.json", "log.txt", "predictions.pt", "maps.npz", "scores.csv")
@@ -72,12 +77,28 @@ class RayExecutor(Executor):
         self.options = options
         self.offline = offline
         self.started_cluster = not ray.is_initialized() and options.ray_address is None
+        self.auth = "local cluster started for the run"
         if not ray.is_initialized():
             if options.ray_address:
-                ray.init(address=options.ray_address, log_to_driver=False)
+                self._connect(options.ray_address, options.ray_auth_token_file)
             else:
                 ray.init(include_dashboard=False, log_to_driver=False)
+        self.largest_node = _largest_node()
         self._remote = ray.remote(run_job_on_worker)
+
+    def _connect(self, address: str, token_file: str | None) -> None:
+        """``ray.init(address)`` with the authentication of :func:`resolve_ray_auth`; one-line error if refused."""
+        import ray
+
+        auth = resolve_ray_auth(token_file)
+        apply_ray_auth(auth, token_file)
+        self.auth = auth.describe()
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            if ray.is_initialized():  # pragma: no cover - a failure after connecting
+                ray.shutdown()
+            raise connection_error(address, auth, exc) from None
 
     def has_room(self, running: int) -> bool:
         """Ray queues tasks by their resources itself: every job is submitted at once."""
@@ -87,6 +108,10 @@ class RayExecutor(Executor):
     def start(self, job: JobSpec, job_dir: Path) -> Submission:
         """Submit the job's task with its resources and retry budget."""
         resources = self.options.job_resources(job.model.resources)
+        too_large = _exceeds(resources, self.largest_node)
+        if too_large:
+            (job_dir / "log.txt").write_text(too_large + "\n")
+            return Submission(job=job, job_dir=job_dir, handle={"error": too_large}, where="not submitted")
         timing = (
             "exclusive GPU: each task owns its GPU(s); CPU shared"
             if resources.get("gpus")
@@ -111,6 +136,8 @@ class RayExecutor(Executor):
         """Collect the task's files into the run folder once it ended (or record why it was lost)."""
         import ray
 
+        if "ref" not in submission.handle:  # refused before submission (see start)
+            return -1
         ref = submission.handle["ref"]
         ready, _ = ray.wait([ref], timeout=0)
         if not ready:
@@ -134,7 +161,8 @@ class RayExecutor(Executor):
         """Force-cancel the task (its worker, and with it the job process, is killed)."""
         import ray
 
-        ray.cancel(submission.handle["ref"], force=True)
+        if "ref" in submission.handle:
+            ray.cancel(submission.handle["ref"], force=True)
 
     def failure_reason(self, submission: Submission, code: int) -> str | None:
         """Ray's reason for a lost task."""
@@ -147,6 +175,38 @@ class RayExecutor(Executor):
 
         if self.started_cluster and ray.is_initialized():
             ray.shutdown()
+
+
+def _largest_node() -> dict[str, float]:
+    """The most CPUs, GPUs and memory (GB) any one live node of the connected cluster offers."""
+    import ray
+
+    largest = {"cpus": 0.0, "gpus": 0.0, "memory_gb": 0.0}
+    for node in ray.nodes():
+        if not node.get("Alive", True):
+            continue
+        offered = node.get("Resources", {})
+        largest["cpus"] = max(largest["cpus"], float(offered.get("CPU", 0)))
+        largest["gpus"] = max(largest["gpus"], float(offered.get("GPU", 0)))
+        largest["memory_gb"] = max(largest["memory_gb"], float(offered.get("memory", 0)) / 1024**3)
+    return largest
+
+
+def _exceeds(resources: dict[str, Any], largest: dict[str, float]) -> str | None:
+    """Why no node can ever run a task with ``resources`` (Ray would queue it forever), or ``None``."""
+    for key, label, flag in (
+        ("cpus", "CPUs", "--cpus-per-job"),
+        ("gpus", "GPUs", "--gpus-per-job"),
+        ("memory_gb", "GB of memory", "--mem-gb"),
+    ):
+        wanted = float(resources.get(key) or 0)
+        if wanted > largest[key]:
+            return (
+                f"not submitted: the job asks for {wanted:g} {label}, but the largest node of the Ray cluster has "
+                f"{largest[key]:.4g}; lower resources.{key} (or {flag}) "
+                "or add a larger node"
+            )
+    return None
 
 
 def _point_result_at_run_folder(job_dir: Path, returned: dict[str, Any]) -> None:
