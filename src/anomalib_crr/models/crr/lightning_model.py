@@ -52,6 +52,7 @@ from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms
 from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
+from .components.cnn_encoder import cnn_input_multiple, is_cnn_encoder
 from .components.encoder import encoder_family, encoder_patch_size
 from .components.foreground import ForegroundMaskFolder, estimate_foreground
 from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
@@ -62,12 +63,35 @@ logger = logging.getLogger(__name__)
 
 
 def _family_label(encoder_name: str) -> str:
-    """``"DINOv2"`` or ``"DINOv3"``, for messages."""
+    """``"DINOv2"``, ``"DINOv3"`` or ``"CNN"``, for messages."""
+    if is_cnn_encoder(encoder_name):
+        return "CNN"
     return encoder_family(encoder_name).replace("dino", "DINO")
+
+
+def input_multiple(encoder_name: str, target_layers: Sequence | None = None, token_stride: int | None = None) -> int:
+    """The side every input must be a multiple of: the ViT's patch, or (CNN) the coarsest stage and token stride."""
+    if is_cnn_encoder(encoder_name):
+        return cnn_input_multiple(encoder_name, target_layers, token_stride)
+    return encoder_patch_size(encoder_name)
+
+
+def multiple_phrase(encoder_name: str, multiple: int) -> str:
+    """``"DINOv2 patch size 14"`` or ``"CNN encoder's input multiple 16"``, for messages."""
+    if is_cnn_encoder(encoder_name):
+        return f"CNN encoder's input multiple {multiple} (its coarsest target stage and token stride)"
+    return f"{_family_label(encoder_name)} patch size {multiple}"
+
+
+def nearest_sizes(size: int, multiple: int) -> str:
+    """The valid sides next to ``size``, for messages (``"224 or 238"``)."""
+    below = max(1, size // multiple) * multiple
+    return f"{below} or {below + multiple}" if below != size else str(size)
 
 
 DEFAULT_IMAGE_SIZE = 448
 DEFAULT_CROP_SIZE = 392
+CNN_IMAGE_SIZE = 256  # the CNN path's default: a plain resize (no crop), as PaDiM and PatchCore use
 DEFAULT_ENCODER = "vit_base_patch14_reg4_dinov2"
 
 
@@ -75,10 +99,15 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     """CRR Lightning module.
 
     Args:
-        encoder_name: timm DINOv2-R ViT: ``vit_small|base|large_patch14_reg4_dinov2``.
+        encoder_name: timm DINOv2-R ViT (``vit_small|base|large_patch14_reg4_dinov2``), DINOv3 ViT, or a timm CNN
+            such as ``tf_efficientnet_lite0`` (each target stage one group; see the model README).
         encoder_weights: ``"pretrained"`` (download with timm), a local checkpoint path, or ``None`` (random init:
             tests and offline smoke runs only).
         stage1_steps: Optimizer steps of stage I (reconstruction + repair; bottleneck and decoder).
+        repair: Train the decoder to repair synthetic anomalies in stage I (CRR). ``False``: reconstruction only
+            (clean images, no synthesis in stage I: Dinomaly's recipe). The paper's ablation rows are
+            ``repair=False, stage2_steps=0`` (reconstruction only), ``stage2_steps=0`` (repair without the
+            segmentation head) and the defaults (full CRR).
         stage2_steps: Optimizer steps of stage II (segmentation head; everything else frozen).
         mask_ratio: Fraction λ of fused feature elements masked before the bottleneck during training.
         mask_at_inference: ``"expectation"`` (deterministic), ``"random"`` (official) or ``"off"``.
@@ -119,6 +148,8 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             the Real-IAD ``dinov2_vitb14_reg4_pretrain.pth``), loaded into bottleneck, decoder and (when the
             file embeds it, as the released one does) encoder. See :meth:`from_official_checkpoint`.
         official_seg_checkpoint: The matching official segmentation-network file (e.g. ``Seg_model_7999.pth``).
+        decoder_dim: CNN encoders only: width of the bottleneck output and decoder (``None``: 256).
+        token_stride: CNN encoders only: input pixels per token (``None``: the finest target stage's stride).
     """
 
     # INT8_PTQ / INT8_ACQ quantise these modules; the segmentation head (its logits are fused into the map), the
@@ -138,7 +169,7 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         mask_granularity: MaskGranularity | str = MaskGranularity.ELEMENT,
         bottleneck_dropout: float = 0.4,
         decoder_depth: int = 8,
-        target_layers: list[int] | None = None,
+        target_layers: list[int] | list[str] | None = None,
         fuse_layer_encoder: list[list[int]] | None = None,
         fuse_layer_decoder: list[list[int]] | None = None,
         seg_base_width: int = 192,
@@ -161,10 +192,16 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         seg_channels_last: bool = False,
         official_checkpoint: str | Path | None = None,
         official_seg_checkpoint: str | Path | None = None,
+        repair: bool = True,
+        decoder_dim: int | None = None,
+        token_stride: int | None = None,
     ) -> None:
         resolve_inference_dtype(inference_dtype)  # bad values fail before anything is built
+        cnn_layers = target_layers if is_cnn_encoder(encoder_name) else None
         if pre_processor is True:  # the default crop must tile into the encoder's patches (14 or 16 px)
-            pre_processor = self.configure_pre_processor(encoder_name=encoder_name)
+            pre_processor = self.configure_pre_processor(
+                encoder_name=encoder_name, target_layers=cnn_layers, token_stride=token_stride
+            )
         if stage1_steps < 0 or stage2_steps < 0 or stage1_steps + stage2_steps == 0:
             msg = f"stage1_steps and stage2_steps must be >= 0 and not both 0, got {stage1_steps}, {stage2_steps}"
             raise ValueError(msg)
@@ -180,8 +217,11 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        self._check_pre_processor(encoder_name)
+        self._check_pre_processor(encoder_name, cnn_layers, token_stride)
         official = OfficialCheckpoint.from_paths(official_checkpoint, official_seg_checkpoint)
+        if official is not None and is_cnn_encoder(encoder_name):
+            msg = "official_checkpoint holds a DINOv2 ViT-B CRR; it cannot be loaded into a CNN-encoder CRR"
+            raise ValueError(msg)
         self.model: CrrModel = CrrModel(
             encoder_name=encoder_name,
             # The official model file embeds the frozen DINOv2 encoder: no download then.
@@ -199,7 +239,10 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             fusion_alpha=fusion_alpha,
             inference_dtype=inference_dtype,
             seg_channels_last=seg_channels_last,
+            decoder_dim=decoder_dim,
+            token_stride=token_stride,
         )
+        self.repair = bool(repair)
         self.stage1_steps = stage1_steps
         self.stage2_steps = stage2_steps
         self.dtd_dir = dtd_dir
@@ -228,33 +271,48 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         image_size: tuple[int, int] | None = None,
         crop_size: int | None = None,
         encoder_name: str = DEFAULT_ENCODER,
+        target_layers: Sequence | None = None,
+        token_stride: int | None = None,
     ) -> PreProcessor:
-        """Resize (448² by default) and centre-crop; no ``Normalize``.
+        """ViT: resize (448² by default) and centre-crop (392²); CNN: resize to 256² (no crop). No ``Normalize``.
 
         Args:
             image_size: Resize target (height, width).
             crop_size: Side of the square centre crop, a multiple of the encoder's patch size (14 for DINOv2,
-                16 for DINOv3). Default: 392 rounded down to a multiple of it (392 for DINOv2, 384 for DINOv3).
+                16 for DINOv3). Default: 392 rounded down to a multiple of it (392 for DINOv2, 384 for DINOv3);
+                CNN encoders: no crop unless one is given.
             encoder_name: The encoder the images are for; it sets the patch size.
+            target_layers: CNN encoders: the target stages (their coarsest stride sets the size multiple).
+            token_stride: CNN encoders: the token grid's stride.
 
         Raises:
-            ValueError: If the crop is not a multiple of the patch size or larger than the resized image.
+            ValueError: If a size is not a multiple of the patch size or the crop is larger than the resized image.
         """
-        patch_size = encoder_patch_size(encoder_name)
-        image_size = tuple(image_size) if image_size is not None else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
-        crop_size = crop_size or DEFAULT_CROP_SIZE // patch_size * patch_size
-        if crop_size % patch_size:
-            msg = (
-                f"crop_size {crop_size} is not a multiple of the {_family_label(encoder_name)} patch size "
-                f"{patch_size}; use e.g. {max(1, crop_size // patch_size) * patch_size}"
-            )
-            raise ValueError(msg)
-        if crop_size > min(image_size):
+        multiple = input_multiple(encoder_name, target_layers, token_stride)
+        if is_cnn_encoder(encoder_name):
+            image_size = tuple(image_size) if image_size is not None else (CNN_IMAGE_SIZE, CNN_IMAGE_SIZE)
+            sides = [crop_size] if crop_size else list(image_size)
+        else:
+            image_size = tuple(image_size) if image_size is not None else (DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE)
+            crop_size = crop_size or DEFAULT_CROP_SIZE // multiple * multiple
+            sides = [crop_size]
+        for side in sides:
+            if side % multiple:
+                what = "crop_size" if crop_size else "image_size"
+                msg = (
+                    f"{what} {side} is not a multiple of the {multiple_phrase(encoder_name, multiple)} "
+                    f"('{encoder_name}'); use e.g. {nearest_sizes(side, multiple)}"
+                )
+                raise ValueError(msg)
+        if crop_size and crop_size > min(image_size):
             msg = f"crop_size {crop_size} cannot be larger than image_size {image_size}"
             raise ValueError(msg)
-        return PreProcessor(transform=Compose([Resize(image_size, antialias=True), CenterCrop(crop_size)]))
+        resize = Resize(image_size, antialias=True)
+        return PreProcessor(transform=Compose([resize, CenterCrop(crop_size)]) if crop_size else Compose([resize]))
 
-    def _check_pre_processor(self, encoder_name: str) -> None:
+    def _check_pre_processor(
+        self, encoder_name: str, target_layers: Sequence | None = None, token_stride: int | None = None
+    ) -> None:
         """Reject pre-processors that normalise or produce sizes that do not tile into the encoder's patches."""
         if not isinstance(self.pre_processor, PreProcessor):
             return
@@ -262,17 +320,17 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         if any(isinstance(transform, Normalize) for transform in transforms):
             msg = (
                 "CRR's pre-processor must not contain Normalize: CRR synthesises anomalies on [0, 1] images and "
-                "applies ImageNet normalisation inside the model. Use CRR.configure_pre_processor(...) or a "
+                "applies the encoder's normalisation inside the model. Use CRR.configure_pre_processor(...) or a "
                 "transform with only Resize/CenterCrop."
             )
             raise ValueError(msg)
         size = transform_output_size(transforms)
-        patch = encoder_patch_size(encoder_name)
+        patch = input_multiple(encoder_name, target_layers, token_stride)
         if size is not None and (size[0] % patch or size[1] % patch):
             msg = (
                 f"The pre-processor produces {size[0]}x{size[1]} images, which is not a multiple of the "
-                f"{_family_label(encoder_name)} patch size {patch} of '{encoder_name}'; use a crop/resize size "
-                f"such as {max(1, size[0] // patch) * patch} (CRR.configure_pre_processor(crop_size=..., "
+                f"{multiple_phrase(encoder_name, patch)} of '{encoder_name}'; use a crop/resize "
+                f"size such as {nearest_sizes(size[0], patch)} (CRR.configure_pre_processor(crop_size=..., "
                 f"encoder_name='{encoder_name}'))."
             )
             raise ValueError(msg)
@@ -348,7 +406,7 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
     def configure_optimizers(self) -> OptimizerLRScheduler:
         """StableAdamW + warm cosine for bottleneck/decoder (stage I); constant Adam for the seg head (stage II)."""
-        reconstruction_params = [*self.model.bottleneck.parameters(), *self.model.decoder.parameters()]
+        reconstruction_params = [param for part in self.model.reconstruction_modules() for param in part.parameters()]
         stage1_optimizer = StableAdamW(
             reconstruction_params,
             lr=self.lr,
@@ -478,18 +536,22 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         """
         optimizer = self.optimizers()[0]
         scheduler = self.lr_schedulers()
-        self.model.bottleneck.train()
-        self.model.decoder.train()
-        assert self.synthesizer is not None
-        synthetic = self.synthesizer(images, foreground)
-        encoder_maps, decoder_maps = self.model.extract_features(torch.cat([images, synthetic.image]))
-        batch_size = images.shape[0]
-        loss = self.loss(
-            clean_encoder=[feature[:batch_size] for feature in encoder_maps],
-            clean_decoder=[feature[:batch_size] for feature in decoder_maps],
-            repaired_decoder=[feature[batch_size:] for feature in decoder_maps],
-            step=step,
-        )
+        for module in self.model.reconstruction_modules():
+            module.train()
+        if self.repair:
+            assert self.synthesizer is not None
+            synthetic = self.synthesizer(images, foreground)
+            encoder_maps, decoder_maps = self.model.extract_features(torch.cat([images, synthetic.image]))
+            batch_size = images.shape[0]
+            loss = self.loss(
+                clean_encoder=[feature[:batch_size] for feature in encoder_maps],
+                clean_decoder=[feature[:batch_size] for feature in decoder_maps],
+                repaired_decoder=[feature[batch_size:] for feature in decoder_maps],
+                step=step,
+            )
+        else:  # reconstruction only (ablation): Dinomaly's recipe, the synthesiser is never called
+            encoder_maps, decoder_maps = self.model.extract_features(images)
+            loss = self.loss.reconstruction(encoder_maps, decoder_maps, step)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(self._with_idle_parameters(loss, [self.model.seg_head]))
         optimizer.step()
@@ -524,8 +586,8 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         Their parameters keep ``requires_grad`` (DDP fixes the set of synchronised parameters when it wraps
         the model), but they get no gradient and their optimizer is not stepped, so they stay bit-identical.
         """
-        self.model.bottleneck.eval()
-        self.model.decoder.eval()
+        for module in self.model.reconstruction_modules():
+            module.eval()
 
     def _stage2_step(self, images: torch.Tensor, foreground: torch.Tensor | None = None) -> torch.Tensor:
         """Segmentation: focal loss of the seg head on the synthetic image against its mask.
@@ -543,7 +605,7 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         logits = self.model.segment(encoder_maps, decoder_maps)
         loss = self.seg_loss(logits, self.stage2_target(synthetic.mask, logits.shape[-2:]))
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(self._with_idle_parameters(loss, [self.model.bottleneck, self.model.decoder]))
+        self.manual_backward(self._with_idle_parameters(loss, self.model.reconstruction_modules()))
         optimizer.step()
         return loss.detach()
 

@@ -4,18 +4,23 @@
 """Building blocks of CRR: encoder loading, masked bottleneck, segmentation head, anomaly synthesis."""
 
 from .bottleneck import MaskAtInference, MaskedNoisyBottleneck, MaskGranularity
+from .cnn_encoder import CnnGroupEncoder, GroupHeads, cnn_input_multiple, is_cnn_encoder
 from .encoder import build_encoder, dino_architecture
 from .seg_head import CrrSegHead
 from .synthesis import CrrAnomalySynthesizer, SyntheticAnomalies, grid_shuffle
 
 __all__ = [
+    "CnnGroupEncoder",
     "CrrAnomalySynthesizer",
     "CrrSegHead",
+    "GroupHeads",
     "MaskAtInference",
     "MaskGranularity",
     "MaskedNoisyBottleneck",
     "SyntheticAnomalies",
     "build_encoder",
+    "cnn_input_multiple",
     "dino_architecture",
     "grid_shuffle",
+    "is_cnn_encoder",
 ]

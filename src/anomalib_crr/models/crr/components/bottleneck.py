@@ -48,6 +48,8 @@ class MaskedNoisyBottleneck(nn.Module):
         mask_ratio: Fraction ``λ`` of masked elements during training.
         mask_at_inference: Eval-mode behaviour of the mask, see :class:`MaskAtInference`.
         granularity: Masked unit, see :class:`MaskGranularity`.
+        out_dim: Output width (``None``: ``dim``). A CNN encoder's concatenated stages (``dim``) feed a decoder of
+            another width; the ViT path keeps ``dim``.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class MaskedNoisyBottleneck(nn.Module):
         mask_ratio: float = 0.4,
         mask_at_inference: MaskAtInference | str = MaskAtInference.EXPECTATION,
         granularity: MaskGranularity | str = MaskGranularity.ELEMENT,
+        out_dim: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
@@ -69,7 +72,7 @@ class MaskedNoisyBottleneck(nn.Module):
         self.mlp = DinomalyMLP(
             in_features=dim,
             hidden_features=hidden_dim,
-            out_features=dim,
+            out_features=out_dim or dim,
             act_layer=nn.GELU,
             drop=dropout,
             bias=True,

@@ -53,7 +53,7 @@ def encoder_family(encoder_name: str) -> str:
     if family is None or not timm.is_model(encoder_name) or encoder_name not in supported_encoders():
         msg = (
             f"Unknown encoder_name {encoder_name!r}: CRR needs a timm DINOv2 or DINOv3 ViT, "
-            f"one of {supported_encoders()}."
+            f"one of {supported_encoders()}, or a timm CNN (e.g. 'tf_efficientnet_lite0')."
         )
         raise ValueError(msg)
     return family

@@ -3,7 +3,9 @@
 
 """Building blocks of MFRNet."""
 
-from .aggregator import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, MultiScaleFeatureAggregator, load_backbone_weights
+from anomalib_crr.models.components.cnn_backbone import load_backbone_weights
+
+from .aggregator import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, MultiScaleFeatureAggregator
 from .envelope import ImageScore, NormalEnvelope
 from .inpainting import VisibleNeighbourInpainting
 from .masks import check_divisible, crossed_masks, fixed_masks, fixed_structured_masks, structured_masks
