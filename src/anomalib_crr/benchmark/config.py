@@ -146,6 +146,9 @@ class BenchmarkConfig:
     datasets: list[DatasetSpec]
     raw: dict[str, Any]
     executor: dict[str, Any] = field(default_factory=dict)  # the ``executor`` section (see .executors.options)
+    # ``offline: {random_init: true, ...}`` at the top level: the substitutes every model without its own
+    # ``offline`` section gets (see :func:`apply_defaults`).
+    offline_defaults: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -438,6 +441,7 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         if unknown:
             msg = f"{label}: model '{model.name}': datasets/per_dataset name unknown datasets {unknown}"
             raise ConfigError(msg)
+    offline, offline_defaults = _parse_offline(body.get("offline", True), f"{label}: offline")
     generate = [dict(g) for g in _as_list(body.get("generate"), "generate")]
     for i, entry in enumerate(generate):
         _check_keys(entry, GENERATE_KEYS, f"{label}: generate[{i}]")
@@ -453,7 +457,7 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         accelerator=str(body.get("accelerator", "auto")),
         precision=str(body.get("precision", "32-true")),
         threads=body.get("threads"),
-        offline=bool(body.get("offline", True)),
+        offline=offline,
         timing={k: int(v) for k, v in timing.items()},
         save_predictions=bool(body.get("save_predictions", False)),
         generate=generate,
@@ -461,7 +465,23 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         datasets=datasets,
         raw=raw,
         executor=dict(body.get("executor") or {}),
+        offline_defaults=offline_defaults,
     )
+
+
+def _parse_offline(value: Any, where: str) -> tuple[bool, dict[str, Any]]:
+    """The top-level ``offline``: ``true``/``false``, or a mapping of substitutes (which means offline too).
+
+    A mapping is what a reader of ``offline: {random_init: true}`` expects: the run is offline, and every model
+    without its own ``offline`` section gets these substitutes.
+    """
+    if isinstance(value, bool):
+        return value, {}
+    if isinstance(value, dict):
+        _check_keys(value, OFFLINE_KEYS, where)
+        return True, dict(value)
+    msg = f"{where}: expected true, false or a mapping with keys {sorted(OFFLINE_KEYS)}, got {value!r}"
+    raise ConfigError(msg)
 
 
 MODEL_MODULES = ("anomalib.models", "anomalib_crr")
@@ -526,20 +546,131 @@ def validate_classes(config: BenchmarkConfig) -> None:
                 _check_init_args(cls, {key: None}, f"{label}: model '{model.name}'.datamodule (for '{dataset.name}')")
 
 
+# The anomalib val split modes that take nothing from the test set (``from_test`` moves a share of it).
+TEST_PRESERVING_VAL_SPLITS = {"same_as_test", "from_train", "from_dir", "none", "synthetic"}
+# Why ``same_as_test``: the seven benchmark metrics are threshold-free, so validation only sets the
+# normalisation and threshold that the pictures and predicted labels use. ``same_as_test`` keeps both the
+# training and the test set exactly as the user gave them, is anomalib's own default for MVTec AD, VisA and
+# BTech, and is what the papers report on (the whole test set). ``from_train`` would take good images away
+# from training and give a validation set without defects, on which anomalib's F1-adaptive threshold is
+# meaningless. ``from_test`` (anomalib's ``Folder`` default) would evaluate on a different half of the test
+# set per seed.
+DEFAULT_VAL_SPLIT = "same_as_test"
+# Weight provenances (see :func:`.offline.weights_provenance`) that mean "this model would download".
+_DOWNLOADS = {"pretrained (download)", "as built by the model (no weights option)"}
+
+
+def apply_defaults(config: BenchmarkConfig) -> list[str]:
+    """Fill in what the benchmark decides when the config is silent; returns one log line per decision.
+
+    - Every dataset whose datamodule would take test images for validation (anomalib's ``Folder`` defaults to
+      ``val_split_mode=from_test``) gets ``val_split_mode: same_as_test`` (see :data:`DEFAULT_VAL_SPLIT`).
+      A config that sets ``val_split_mode`` (in the dataset or a model's ``datamodule``) keeps it; one that
+      moves test images is named here, and the jobs record how many they moved.
+    - Offline runs (``offline: true``, the default, or a mapping): a model without its own ``offline`` section
+      gets the top-level mapping, else, if it would download weights, ``random_init: true``
+      (``efficientad_random_teacher: true`` for EfficientAd). Its weights column then says "random init".
+
+    It changes the jobs' definitions (and so their spec hashes), which is the point: a result computed on a
+    halved test set or with other weights is stale. Call after :func:`validate_classes`.
+    """
+    return [*_default_val_splits(config), *_offline_fallbacks(config)]
+
+
+def _default_val_splits(config: BenchmarkConfig) -> list[str]:
+    lines = []
+    for dataset in config.datasets:
+        cls = import_class(dataset.class_path, DATA_MODULES, dataset.name)
+        parameter = inspect.signature(cls.__init__).parameters.get("val_split_mode")
+        if parameter is None:
+            continue
+        overrides = {
+            m.name: m.for_dataset(dataset.name).datamodule["val_split_mode"]
+            for m in config.models
+            if not m.skip and "val_split_mode" in m.for_dataset(dataset.name).datamodule
+        }
+        if "val_split_mode" not in dataset.init_args:
+            default = str(getattr(parameter.default, "value", parameter.default))
+            if default not in TEST_PRESERVING_VAL_SPLITS:
+                dataset.init_args["val_split_mode"] = DEFAULT_VAL_SPLIT
+                lines.append(
+                    f"dataset '{dataset.name}': val_split_mode={DEFAULT_VAL_SPLIT} (the benchmark's default; "
+                    f"{cls.__name__}'s own '{default}' would move test images to validation)"
+                )
+        chosen = {"the dataset": dataset.init_args.get("val_split_mode"), **overrides}
+        for who, mode in chosen.items():
+            if str(mode) not in TEST_PRESERVING_VAL_SPLITS and mode is not None:
+                lines.append(
+                    f"WARNING: dataset '{dataset.name}': {who} sets val_split_mode={mode}, which moves test images "
+                    "to validation; the jobs record how many, and the report says so"
+                )
+    return lines
+
+
+def _offline_fallbacks(config: BenchmarkConfig) -> list[str]:
+    from .offline import weights_provenance
+
+    if not config.offline:
+        return []
+    lines = []
+    for model in config.models:
+        if model.skip or model.offline or model.weights:
+            continue
+        if config.offline_defaults:
+            model.offline = dict(config.offline_defaults)
+            lines.append(f"model '{model.name}': offline substitutes from the top-level offline: {model.offline}")
+            continue
+        cls = import_class(model.class_path, MODEL_MODULES, model.name)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        variants = [model.init_args, *(model.for_dataset(name).init_args for name in model.per_dataset)]
+        if not any(weights_provenance(args, {}, None, accepted) in _DOWNLOADS for args in variants):
+            continue
+        key = "efficientad_random_teacher" if cls.__name__ == "EfficientAd" else "random_init"
+        model.offline = {key: True}
+        lines.append(
+            f"model '{model.name}': offline run and its weights would be downloaded, so it is random-initialised "
+            f"(offline: {{{key}: true}}); give it offline.backbone_weights or set offline: false for real weights"
+        )
+    return lines
+
+
+def _folder_dirs(dataset: DatasetSpec, cls: type) -> list[tuple[str, Path]]:
+    """The ``Folder``-style sub-folders a dataset names (``normal_dir``, ...), resolved as the datamodule does."""
+    params = inspect.signature(cls.__init__).parameters
+    root = dataset.init_args.get("root")
+    bases = [Path(root) / c for c in dataset.categories] if "categories" in params and root else [Path(root or ".")]
+    found = []
+    for key in ("normal_dir", "abnormal_dir", "normal_test_dir", "mask_dir"):
+        for value in _as_list(dataset.init_args.get(key), key):
+            for base in bases:
+                found.append((key, Path(value) if Path(value).is_absolute() else base / str(value)))
+    return found
+
+
 def check_paths(config: BenchmarkConfig) -> None:
-    """Data roots and weight files must exist in offline configs (called after ``generate`` entries were written).
+    """Data roots and weight files must exist, checked once before any job (after ``generate`` wrote its data).
+
+    Online configs may let a datamodule download a missing root (MVTec AD, VisA), but a ``Folder``-style
+    dataset cannot download anything, so its root and sub-folders are checked whether offline or not: a
+    misspelt path fails here once, naming the path, instead of failing every job in turn.
 
     Raises:
         ConfigError: Naming the entry, the key and the missing path.
     """
     label = str(config.path or "<config>")
-    if not config.offline:
-        return  # online configs let the datamodules and models download what is missing
     for dataset in config.datasets:
+        cls = import_class(dataset.class_path, DATA_MODULES, f"{label}: dataset '{dataset.name}'")
+        folder_like = "normal_dir" in inspect.signature(cls.__init__).parameters
         root = dataset.init_args.get("root")
-        if root is not None and not Path(root).is_dir():
+        if root is not None and (config.offline or folder_like) and not Path(root).is_dir():
             msg = f"{label}: dataset '{dataset.name}': data root not found: {root} (init_args.root)"
             raise ConfigError(msg)
+        for key, path in _folder_dirs(dataset, cls) if folder_like else []:
+            if not path.exists():
+                msg = f"{label}: dataset '{dataset.name}': init_args.{key} not found: {path}"
+                raise ConfigError(msg)
+    if not config.offline:
+        return  # online configs let the models download what is missing
     for model in config.models:
         if model.skip:
             continue

@@ -239,6 +239,11 @@ def run_job(job_file: Path) -> dict[str, Any]:
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     test_s = time.perf_counter() - start
     rows = _category_rows(job, engine, metrics)
+    test_set = evaluated_images_record(job["categories"], datamodule, samples.scores)
+    if test_set["moved_to_val"]:
+        message = moved_test_images_message(test_set)
+        logger.warning("%s", message)
+        notes.append(message)
     if recorder is not None:
         recorder.save(job_dir / PREDICTIONS)
     pictures = samples.save(job_dir)
@@ -273,6 +278,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
         "mode": job["mode"],
         "seed": job["seed"],
         "categories": rows,
+        "test_set": test_set,
         "cost": {
             "params_M": total / 1e6,
             "trainable_params_M": trainable / 1e6,
@@ -317,6 +323,68 @@ def run_job(job_file: Path) -> dict[str, Any]:
     }
     shutil.rmtree(engine_root, ignore_errors=True)  # checkpoints are not part of the benchmark
     return result
+
+
+def evaluated_images_record(categories: list[str], datamodule: Any, scores: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many test images each category's metrics are computed on, and whether validation took any away.
+
+    Why: anomalib's ``val_split_mode=from_test`` (``Folder``'s default) silently moves a seed-dependent share of
+    the test images to validation, so metrics would be on a subset of what the user gave. The benchmark defaults
+    to a split that leaves the test set whole (see :func:`.config.apply_defaults`); this record makes any other
+    choice visible in ``results.csv`` and the report.
+
+    Args:
+        categories: The job's categories.
+        datamodule: The datamodule after ``fit``/``test`` (its splits are set up).
+        scores: The per-image rows of the sample recorder (one per image the evaluator saw), may be empty.
+
+    Returns:
+        ``images`` (test images per category), ``moved_to_val`` (per category), ``val_images`` and
+        ``val_split_mode``.
+    """
+    raw_mode = getattr(datamodule, "val_split_mode", "")
+    mode = str(getattr(raw_mode, "value", raw_mode))  # anomalib keeps an enum, our multi-class modules may a str
+    test_paths = _sample_paths(getattr(datamodule, "test_data", None))
+    val_paths = _sample_paths(getattr(datamodule, "val_data", None))
+    of_category = _category_lookup(categories, datamodule)
+    if scores:  # what the evaluator actually saw
+        images = {c: sum(1 for row in scores if row["category"] == c) for c in categories}
+    else:
+        images = {c: sum(1 for p in test_paths if of_category(p) == c) for c in categories}
+    moved = dict.fromkeys(categories, 0)
+    if mode == "from_test":
+        for path in val_paths:
+            category = of_category(path)
+            if category in moved:
+                moved[category] += 1
+    return {
+        "images": images,
+        "moved_to_val": moved if any(moved.values()) else {},
+        "val_images": len(val_paths),
+        "val_split_mode": mode,
+    }
+
+
+def moved_test_images_message(test_set: dict[str, Any]) -> str:
+    """One line saying how many test images validation took away (for the job log, its notes and the report)."""
+    moved = sum(test_set["moved_to_val"].values())
+    kept = sum(test_set["images"].values())
+    return (
+        f"val_split_mode={test_set['val_split_mode']} moved {moved} of {moved + kept} test images to validation; "
+        f"the metrics are on the other {kept}"
+    )
+
+
+def _sample_paths(dataset: Any) -> list[str]:
+    samples = getattr(dataset, "samples", None)
+    return [] if samples is None else [str(p) for p in samples["image_path"]]
+
+
+def _category_lookup(categories: list[str], datamodule: Any) -> Any:
+    """``path -> category``: the multi-class datamodule's own lookup, or the job's one category."""
+    if hasattr(datamodule, "category_of") and len(categories) > 1:
+        return lambda path: datamodule.category_of([path])[0]
+    return lambda path: categories[0]
 
 
 def execution_info() -> dict[str, Any]:

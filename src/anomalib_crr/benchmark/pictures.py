@@ -51,17 +51,29 @@ def _column_label(job: JobSpec, jobs: Sequence[JobSpec]) -> str:
 def picture_columns(
     dataset: str, category: str, jobs: Sequence[JobSpec], results: dict[str, dict]
 ) -> list[dict[str, Any]]:
-    """One entry per (model, mode) covering this category, first seed: its status, maps and metrics."""
+    """One entry per (model, mode) covering this category: its status, maps, metrics and the seed they are from.
+
+    The column shows the first seed that finished (else the first seed), and its header names that seed: the
+    tables average over seeds, so an unnamed seed's numbers would disagree with them silently.
+    """
     chosen: dict[tuple[str, str], JobSpec] = {}
     for job in jobs:
         if job.dataset.name == dataset and category in job.categories:
-            chosen.setdefault((job.model.name, job.mode), job)
+            key = (job.model.name, job.mode)
+            finished = (results.get(job.job_id) or {}).get("status") == "ok"
+            if key not in chosen or (finished and (results.get(chosen[key].job_id) or {}).get("status") != "ok"):
+                chosen[key] = job
     covering = list(chosen.values())
     columns = []
     for job in covering:
         result = results.get(job.job_id)
         status = "not run" if result is None else ("ok" if result.get("status") == "ok" else "failed")
-        column: dict[str, Any] = {"label": _column_label(job, covering), "status": status, "job": job}
+        column: dict[str, Any] = {
+            "label": _column_label(job, covering),
+            "status": status,
+            "job": job,
+            "seed": job.seed,
+        }
         if status == "ok":
             column["metrics"] = result["categories"].get(category, {})
             column["maps"] = load_maps(Path(result["log"]).parent)
@@ -81,12 +93,13 @@ def _rows(columns: Sequence[dict[str, Any]], category: str) -> list[str]:
 
 def _header(column: dict[str, Any]) -> str:
     name = "\n".join(textwrap.wrap(column["label"], 20, break_long_words=False)) or column["label"]
+    seed = f"seed {column['seed']}"
     if column["status"] != "ok":
-        return f"{name}\n{column['status'].upper()}"
+        return f"{name}\n{seed}\n{column['status'].upper()}"
     metrics = column["metrics"]
     scale = "" if column["normalisation"].startswith("anomalib normalised") else "\n(raw, min-max)"
     auroc, aupro = metrics.get("image_AUROC", math.nan), metrics.get("pixel_AUPRO", math.nan)
-    return f"{name}\nI-AUROC {auroc:.3f}\nAUPRO {aupro:.3f}{scale}"
+    return f"{name}\n{seed}\nI-AUROC {auroc:.3f}\nAUPRO {aupro:.3f}{scale}"
 
 
 def _read_image(path: str) -> np.ndarray | None:
@@ -112,10 +125,16 @@ def _read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _map_cell(ax: Any, column: dict[str, Any], path: str) -> None:
+    """One model's map of one row's image; a grey "not in test set" cell when this job never saw that image.
+
+    A job whose test set differs (e.g. anomalib's ``val_split_mode=from_test`` moved the image to validation)
+    has no map for it; that must show as a gap, not end the report.
+    """
     maps = column.get("maps")
-    index = [str(p) for p in maps["image_path"]].index(path) if maps is not None else -1
-    if index < 0:
+    index = _index_of(maps, path)
+    if index is None:
         ax.set_facecolor("0.85")
+        ax.text(0.5, 0.5, "not in this\njob's test set", ha="center", va="center", fontsize=5, transform=ax.transAxes)
         return
     anomaly_map = maps["anomaly_map"][index].astype(np.float32)
     if not column["normalisation"].startswith("anomalib normalised"):
@@ -123,6 +142,14 @@ def _map_cell(ax: Any, column: dict[str, Any], path: str) -> None:
         anomaly_map = (anomaly_map - low) / max(high - low, 1e-12)
     ax.imshow(maps["view"][index])
     ax.imshow(anomaly_map, cmap=CMAP, vmin=0.0, vmax=1.0, alpha=0.5)
+
+
+def _index_of(maps: dict[str, Any] | None, path: str) -> int | None:
+    """The position of ``path`` in a job's stored maps, or ``None`` if the job kept no map of it."""
+    if maps is None:
+        return None
+    paths = [str(p) for p in maps["image_path"]]
+    return paths.index(path) if path in paths else None
 
 
 def _draw_page(
@@ -192,7 +219,10 @@ def write_grid(out: Path, dataset: str, category: str, jobs: Sequence[JobSpec], 
     with PdfPages(out / f"{stem}.pdf") as pdf:
         for number, page in enumerate(pages, start=1):
             suffix = f" (page {number}/{len(pages)})" if len(pages) > 1 else ""
-            title = f"{dataset} / {category}: anomaly maps, one colour scale (0.5 = each model's threshold){suffix}"
+            title = (
+                f"{dataset} / {category}: anomaly maps of the seed named in each header, one colour scale "
+                f"(0.5 = each model's threshold){suffix}"
+            )
             figure = _draw_page(title, rows, page, gt)
             png = out / (f"{stem}.png" if number == 1 else f"{stem}_p{number}.png")
             figure.savefig(png, dpi=110, bbox_inches="tight")

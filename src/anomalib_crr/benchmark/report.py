@@ -6,7 +6,10 @@
 Rows are one per job and category, plus one ``mean`` row per (model, dataset, mode, seed): the mean over
 categories of each metric (the multi-class convention; mAD of the mean row is the mean of the seven means).
 For per-category jobs each category has its own cost; the mean row's cost columns are the mean over those
-jobs. The report's summary table also averages over seeds. Numbers are written from the result files only.
+jobs. ``results.csv`` keeps one row per seed; the report's tables average over seeds and give every metric as
+mean ± standard deviation over seeds with n, the seed count (see :mod:`.stats`), so seed noise is never
+hidden in a single number. Each row also records how many test images its metrics are on. Numbers are
+written from the result files only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from .config import BenchmarkConfig, JobSpec
 from .metrics import MAD, METRICS, mean_rows
+from .stats import BOOTSTRAP_SAMPLES, bootstrap_image_auroc, format_mean_std, seed_stats
 
 COST_COLUMNS = (
     "params_M",
@@ -39,6 +43,8 @@ SETTING_COLUMNS = ("weights", "device", "precision", "threads", "torch", "anomal
 # Results written before the executors existed ran one job at a time.
 DEFAULT_TIMING = "exclusive: one job at a time on this machine"
 KEY_COLUMNS = ("model", "dataset", "mode", "seed", "category")
+# How many test images a row's metrics are on, how many validation took from the test set, and the split.
+TEST_SET_COLUMNS = ("test_images", "test_images_moved", "val_split_mode")
 MEAN = "mean"
 
 
@@ -65,6 +71,7 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             row["input_size"] = "x".join(str(s) for s in settings.get("input_size") or [])
             row["executor"] = (result.get("execution") or {}).get("executor", "local")
             row["timing"] = result["cost"].get("timing", DEFAULT_TIMING)
+            row.update(_test_set_cells(result, category))
             rows.append(row)
             groups[(result["model"], result["dataset"], result["mode"], result["seed"])].append(row)
     for (model, dataset, mode, seed), members in groups.items():
@@ -82,9 +89,27 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 **costs,
                 **{name: first[name] for name in SETTING_COLUMNS},
                 "job_id": ";".join(dict.fromkeys(m["job_id"] for m in members)),
+                "test_images": _sum_or_none([m["test_images"] for m in members]),
+                "test_images_moved": _sum_or_none([m["test_images_moved"] for m in members]),
+                "val_split_mode": first["val_split_mode"],
             }
         )
     return rows
+
+
+def _test_set_cells(result: dict[str, Any], category: str) -> dict[str, Any]:
+    """The test-set columns of one job's category (empty for results written before they were recorded)."""
+    test_set = result.get("test_set") or {}
+    images = (test_set.get("images") or {}).get(category)
+    return {
+        "test_images": images,
+        "test_images_moved": (test_set.get("moved_to_val") or {}).get(category, 0) if test_set else None,
+        "val_split_mode": test_set.get("val_split_mode"),
+    }
+
+
+def _sum_or_none(values: Sequence[Any]) -> int | None:
+    return None if any(v is None for v in values) else int(sum(values))
 
 
 def _mean(values: Sequence[Any]) -> float:
@@ -101,7 +126,9 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (model, dataset, mode), members in groups.items():
         entry = {"model": model, "dataset": dataset, "mode": mode, "seeds": len(members)}
-        for name in (*METRICS, MAD, *COST_COLUMNS):
+        for name in (*METRICS, MAD):
+            entry[name], entry[f"{name}_std"], _ = seed_stats([m[name] for m in members])
+        for name in COST_COLUMNS:
             entry[name] = _mean([m[name] for m in members])
         entry.update({name: members[0][name] for name in SETTING_COLUMNS})
         out.append(entry)
@@ -162,16 +189,34 @@ def _int_if(key: str, value: Any) -> Any:
     return value
 
 
+def _cell(row: dict[str, Any], key: str) -> Any:
+    """A metric as ``mean ± std`` over seeds (the mean alone for one seed); a cost column as its mean."""
+    if f"{key}_std" in row:
+        return format_mean_std(row[key], row[f"{key}_std"])
+    return _int_if(key, row[key])
+
+
 def summary_table(summary: Sequence[dict[str, Any]]) -> list[str]:
-    """The mean-over-categories table (markdown lines), sorted by mAD."""
+    """The mean-over-categories table (markdown lines), sorted by mAD; n is the number of seeds."""
     keys = list(SUMMARY_HEADER)
-    header = ["model", "dataset", "mode", *(SUMMARY_HEADER[k] for k in keys), "weights"]
-    body = [[r["model"], r["dataset"], r["mode"], *(_int_if(k, r[k]) for k in keys), r["weights"]] for r in summary]
+    at = keys.index(MAD) + 1
+    header = ["model", "dataset", "mode", *(SUMMARY_HEADER[k] for k in keys[:at]), "n"]
+    header += [*(SUMMARY_HEADER[k] for k in keys[at:]), "weights"]
+    body = [
+        [
+            *(r["model"], r["dataset"], r["mode"]),
+            *(_cell(r, k) for k in keys[:at]),
+            r["seeds"],
+            *(_cell(r, k) for k in keys[at:]),
+            r["weights"],
+        ]
+        for r in summary
+    ]
     return _table(header, body)
 
 
 def per_category_tables(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One table per dataset and metric: (model, mode) rows × category columns, seeds averaged."""
+    """One table per dataset and metric: (model, mode) rows × category columns, mean ± std over seeds, with n."""
     lines: list[str] = []
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     for dataset in datasets:
@@ -183,16 +228,99 @@ def per_category_tables(rows: Sequence[dict[str, Any]]) -> list[str]:
             body = []
             for model, mode in settings:
                 values = []
+                mine = [r for r in subset if r["model"] == model and r["mode"] == mode]
                 for category in categories:
-                    cell = [
-                        r[metric]
-                        for r in subset
-                        if r["model"] == model and r["mode"] == mode and r["category"] == category
-                    ]
-                    values.append(_mean(cell) if cell else None)
-                body.append([model, mode, *values])
-            lines += _table(["model", "mode", *categories], body)
+                    cell = [r[metric] for r in mine if r["category"] == category]
+                    values.append(format_mean_std(*seed_stats(cell)[:2]) if cell else None)
+                seeds = len({r["seed"] for r in mine if r["category"] == MEAN})
+                body.append([model, mode, seeds, *values])
+            lines += _table(["model", "mode", "n", *categories], body)
     return lines
+
+
+def evaluated_image_sets(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], frozenset[str]]:
+    """``{(job id, category): the test image paths its metrics are on}``, from each job's ``scores.csv``."""
+    import pandas as pd
+
+    from .samples import SCORES
+
+    sets: dict[tuple[str, str], frozenset[str]] = {}
+    for result in results:
+        path = Path(str(result.get("log", ""))).parent / SCORES
+        if result.get("status") == "ok" and path.is_file():
+            frame = pd.read_csv(path)
+            for category, part in frame.groupby(frame["category"].astype(str)):
+                sets[(result["job_id"], str(category))] = frozenset(part["image_path"].astype(str))
+    return sets
+
+
+def evaluated_images_lines(
+    rows: Sequence[dict[str, Any]], image_sets: dict[tuple[str, str], frozenset[str]] | None = None
+) -> list[str]:
+    """How many test images each (dataset, category) was evaluated on, and every job whose test set was cut.
+
+    Why: a mean over jobs whose test sets differ is not one experiment; a reader must see it. With
+    ``image_sets`` (see :func:`evaluated_image_sets`) equal counts of different images are told apart too.
+    """
+    lines: list[str] = []
+    image_sets = image_sets or {}
+    per_category = [r for r in rows if r["category"] != MEAN]
+    for dataset, category in dict.fromkeys((r["dataset"], r["category"]) for r in per_category):
+        members = [r for r in per_category if r["dataset"] == dataset and r["category"] == category]
+        counts = sorted({r.get("test_images") for r in members}, key=str)
+        text = ", ".join("not recorded" if c is None else str(c) for c in counts)
+        known = {image_sets[key] for r in members if (key := (r["job_id"], category)) in image_sets}
+        if len(counts) > 1 or len(known) > 1:
+            same = "DIFFERENT test images between jobs (their numbers are not one experiment)"
+        else:
+            same = "the same test images in every job" if known else "in every job"
+        lines.append(f"- {dataset} / {category}: {text} test images, {same}")
+        for row in members:
+            if row.get("test_images_moved"):
+                lines.append(
+                    f"- WARNING: {row['job_id']}: val_split_mode={row['val_split_mode']} moved "
+                    f"{row['test_images_moved']} of {row['test_images_moved'] + row['test_images']} test images "
+                    f"to validation; its metrics are on the other {row['test_images']}"
+                )
+    return lines
+
+
+def bootstrap_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    """A table of image AUROC with its 95 % bootstrap interval over test images and seeds (from scores.csv)."""
+    import numpy as np
+    import pandas as pd
+
+    from .samples import SCORES
+
+    groups: dict[tuple[str, str, str], dict[Any, dict[str, tuple[Any, Any]]]] = defaultdict(dict)
+    for result in results:
+        path = Path(str(result.get("log", ""))).parent / SCORES
+        if result.get("status") != "ok" or not path.is_file():
+            continue
+        frame = pd.read_csv(path)
+        per_category = {
+            str(c): (part["pred_score"].to_numpy(float), part["gt_label"].to_numpy(int))
+            for c, part in frame.groupby(frame["category"].astype(str))
+            if np.isfinite(part["pred_score"].to_numpy(float)).all()
+        }
+        groups[(result["model"], result["dataset"], result["mode"])].setdefault(result["seed"], {}).update(per_category)
+    body = []
+    for (model, dataset, mode), per_seed in groups.items():
+        estimate, low, high = bootstrap_image_auroc(per_seed)
+        interval = "n/a" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
+        body.append([model, dataset, mode, len(per_seed), estimate, interval])
+    if not body:
+        return []
+    return [
+        "",
+        "## Image AUROC: 95 % bootstrap interval",
+        "",
+        f"Percentile interval of {BOOTSTRAP_SAMPLES} bootstrap samples that redraw the seeds and, within each seed "
+        "and category, the good and the defective test images (from each job's `scores.csv`); the statistic is "
+        "the image AUROC averaged over categories and seeds, as in the mean table.",
+        "",
+        *_table(["model", "dataset", "mode", "n", "I-AUROC", "95 % interval"], body),
+    ]
 
 
 def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Sequence[dict[str, Any]]) -> list[str]:
@@ -205,7 +333,7 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
 
     out = config.output
     rows = result_rows(results)
-    columns = [*KEY_COLUMNS, *METRICS, MAD, *COST_COLUMNS, *SETTING_COLUMNS, "job_id"]
+    columns = [*KEY_COLUMNS, *METRICS, MAD, *TEST_SET_COLUMNS, *COST_COLUMNS, *SETTING_COLUMNS, "job_id"]
     pd.DataFrame(rows, columns=columns).to_csv(out / "results.csv", index=False)
     failed = [r for r in results if r.get("status") != "ok"]
     skipped = [{"model": m.name, "reason": m.skip} for m in config.models if m.skip]
@@ -222,17 +350,22 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     plots = write_plots(rows, out)
-    pictures = write_pictures(out, jobs, results)
+    try:
+        pictures, picture_error = write_pictures(out, jobs, results), None
+    except Exception as exc:  # the pictures are an extra: a failure must not cost the tables
+        pictures, picture_error = {}, f"{type(exc).__name__}: {exc}"
     lines = report_lines(config, rows, results, skipped, missing, plots)
-    lines = _with_pictures(lines, pictures)
+    lines = _with_pictures(lines, pictures, picture_error)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     write_html(lines, out, f"Benchmark {config.name}")
     return lines
 
 
-def _with_pictures(lines: list[str], pictures: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
-    """Insert the comparison grids and score distributions before the per-category tables."""
-    if not pictures:
+def _with_pictures(
+    lines: list[str], pictures: dict[tuple[str, str], dict[str, Any]], error: str | None = None
+) -> list[str]:
+    """Insert the comparison grids and score distributions (or why they failed) before the per-category tables."""
+    if not pictures and error is None:
         return lines
     section = [
         "## Anomaly maps and score distributions",
@@ -242,9 +375,12 @@ def _with_pictures(lines: list[str], pictures: dict[tuple[str, str], dict[str, A
         "over its column, as its header says. Each map is drawn on the image as that model saw it (after its "
         "resize or crop). The ground-truth column outlines the defect on the stored image. Rows are the same "
         "images for every model: up to 6 defective ones spread over the defect types, and 2 good ones, drawn "
-        "deterministically from the test set.",
+        "deterministically from the test set. Each column shows one seed of its model, named in its header "
+        "with that seed's metrics; the tables above give the mean ± std over seeds.",
         "",
     ]
+    if error is not None:
+        section += [f"**Pictures failed**: {error}. The tables and results.csv are complete without them.", ""]
     for (dataset, category), entry in pictures.items():
         section += [f"### {dataset} / {category}", ""]
         for grid in entry["grids"]:
@@ -309,6 +445,9 @@ def report_lines(
         f"- Jobs with results: {len(ok)} ok, {len(results) - len(ok)} failed; not run yet: {len(missing)}",
         "- Metrics: anomalib `AUROC`, `F1Max`, `AUPRO` (FPR <= 0.3) and torchmetrics' exact average precision "
         "wrapped as an anomalib metric; mAD = mean of the seven; means are over categories.",
+        "- Seeds: every metric cell is the mean ± sample standard deviation (n - 1) over seeds, n = the number of "
+        "seeds (a cell without ± has one seed); cost columns are the mean over seeds. results.csv has one row "
+        "per seed.",
         "- Cost: MACs from `torch.utils.flop_counter.FlopCounterMode` (matmul/conv/attention, MAC = FLOP/2) on one "
         "pre-processed image; latency = median `AnomalibModule.forward` (pre-processing, model, post-processing) "
         "at batch 1, throughput at the eval batch size; peak memory = process peak RSS on CPU (includes "
@@ -320,6 +459,9 @@ def report_lines(
     ]
     summary = summary_rows(rows)
     lines += summary_table(summary) if summary else ["(no finished job yet)"]
+    lines += bootstrap_lines(ok)
+    if rows:
+        lines += ["", "## Test sets", "", *evaluated_images_lines(rows, evaluated_image_sets(ok))]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     lines += ["", "## Per category", ""]

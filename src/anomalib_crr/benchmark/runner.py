@@ -26,9 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import BenchmarkConfig, ConfigError, JobSpec, check_paths, expand_jobs, load_config, validate_classes
+from .config import (
+    BenchmarkConfig,
+    ConfigError,
+    JobSpec,
+    apply_defaults,
+    check_paths,
+    expand_jobs,
+    load_config,
+    validate_classes,
+)
 from .executors import Executor, ExecutorOptions, Submission, make_executor, parse_executor
-from .job import RESULT, write_result
+from .job import RESULT, moved_test_images_message, write_result
 from .progress import ProgressBoard, describe, format_seconds
 from .retime import retime_alone
 
@@ -134,6 +143,9 @@ def _end_job(submission: Submission, code: int, executor: Executor, summary: Run
     board.job_ended(job.job_id, ok)
     took = format_seconds(time.time() - submission.started)
     board.print(f"{job.job_id} {'done' if ok else 'FAILED'} in {took}: {describe(result)}")
+    test_set = result.get("test_set") or {}
+    if ok and test_set.get("moved_to_val"):
+        board.print(f"WARNING: {job.job_id}: {moved_test_images_message(test_set)}")
 
 
 def _drive(schedule: _Schedule, executor: Executor, summary: RunSummary, board: ProgressBoard, poll_s: float) -> None:
@@ -245,6 +257,8 @@ def run(
     else:
         options = parse_executor(cfg.executor, overrides, str(cfg.path or "<config>"))
     validate_classes(cfg)
+    for line in apply_defaults(cfg):
+        echo(line)
     all_jobs = expand_jobs(cfg)
     jobs = expand_jobs(cfg, only)
     if not jobs:
