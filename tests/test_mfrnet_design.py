@@ -18,7 +18,8 @@ from anomalib_crr import MFRNet
 from anomalib_crr.models.mfrnet import MFRNetModel
 from anomalib_crr.models.mfrnet.components import LEGACY_LAYERS, VisibleNeighbourInpainting, structured_masks
 from anomalib_crr.models.mfrnet.lightning_model import lr_factor_schedule
-from anomalib_crr.models.mfrnet.torch_model import WHITEN_RIDGE, TestGrid
+from anomalib_crr.models.mfrnet.torch_model import WHITEN_RIDGE
+from anomalib_crr.models.mfrnet.torch_model import TestGrid as GridPhase  # a "Test*" name would be collected
 
 from .helpers import TINY_IMAGE, TINY_MFRNET, tiny_mfrnet
 
@@ -166,16 +167,16 @@ def test_checkpoint_from_before_the_test_grid_scores_with_the_aligned_grid(
 ) -> None:
     """Its map statistics were fitted under the aligned test split, so it keeps scoring with that split."""
     checkpoint = torch.load(fitted["ckpt"], map_location="cpu", weights_only=False)
-    assert TestGrid(checkpoint["hyper_parameters"].pop("test_grid")) is TestGrid.SHIFTED
+    assert GridPhase(checkpoint["hyper_parameters"].pop("test_grid")) is GridPhase.SHIFTED
     path = tmp_path / "before_test_grid.ckpt"
     torch.save(checkpoint, path)
-    assert MFRNet.load_from_checkpoint(path).model.test_grid is TestGrid.ALIGNED
+    assert MFRNet.load_from_checkpoint(path).model.test_grid is GridPhase.ALIGNED
     model = tiny_mfrnet()  # built from today's defaults, as ``anomalib test --ckpt_path`` does
     _engine(tmp_path / "test").test(model=model, datamodule=_datamodule(tiny_dataset), ckpt_path=path)
-    assert model.model.test_grid is TestGrid.ALIGNED
+    assert model.model.test_grid is GridPhase.ALIGNED
     current = tiny_mfrnet(test_grid="average")  # a current checkpoint: its own grid wins as well
     _engine(tmp_path / "test2").test(model=current, datamodule=_datamodule(tiny_dataset), ckpt_path=fitted["ckpt"])
-    assert current.model.test_grid is TestGrid.SHIFTED
+    assert current.model.test_grid is GridPhase.SHIFTED
 
 
 def test_training_features_come_from_the_cache_after_the_first_epoch(fitted: dict[str, Any]) -> None:

@@ -32,6 +32,29 @@ from lightning.pytorch.callbacks import Callback
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("image_path", "pred_score", "pred_label", "anomaly_map_max", "gt_label")
+# What one prediction writes into its folder: the table and anomalib's prediction images.
+PREDICTION_OUTPUTS = ("predictions.csv", "predictions.json", "images")
+
+
+def fresh_version_dir(parent: str | Path) -> Path:
+    """Create and return a new ``parent/vN`` folder (``N`` one above the highest there), never an existing one.
+
+    Why: predictions were written to the run's ``latest`` folder, so each call overwrote the previous table and
+    images. ``mkdir`` without ``exist_ok`` makes two calls at once take different folders. Unlike anomalib's
+    ``create_versioned_dir`` this moves no ``latest`` link, so a failed call changes nothing that others read.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    numbers = [int(path.name[1:]) for path in parent.glob("v*") if path.name[1:].isdigit()]
+    number = max(numbers, default=-1) + 1
+    while True:
+        folder = parent / f"v{number}"
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            number += 1
+            continue
+        return folder
 
 
 def _values(tensor: Any, size: int) -> list[Any]:

@@ -1,8 +1,9 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""Deployment: INT8 quantisation of exported models and OpenVINO Model API serving."""
+"""Deployment: INT8 quantisation of exported models, OpenVINO Model API serving, a cache-tidy inferencer."""
 
+from .inferencer import OpenVINOInferencer, default_cache_dir
 from .model_api import load_model_api, model_api_metadata, predict_model_api, write_model_api_metadata
 from .quantization import (
     WHOLE_GRAPH,
@@ -16,8 +17,10 @@ from .quantization import (
 __all__ = [
     "WHOLE_GRAPH",
     "CalibrationDataError",
+    "OpenVINOInferencer",
     "QuantizationCheckError",
     "UnfittedModelError",
+    "default_cache_dir",
     "export_quantized_openvino",
     "load_model_api",
     "model_api_metadata",

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,101 @@ from .blur import separable_blurs
 logger = logging.getLogger(__name__)
 
 QUANTIZED_COMPRESSIONS = ("int8_ptq", "int8_acq")
+
+# Loggers of the ONNX graph optimiser that torch's exporter runs: at INFO they print one line per deduplicated
+# initializer ("Replaced initializer ..."), 129 lines for MFRNet, which buries the export's own messages.
+CHATTY_EXPORT_LOGGERS = ("onnx_ir.passes", "onnxscript.optimizer", "onnxscript.rewriter")
+
+# How far from a refused export size the nearest accepted sides are searched (in pixels, each way).
+SIZE_SEARCH_RADIUS = 64
+
+
+class ExportSizeError(ValueError):
+    """The export's ``input_size`` is one the model cannot take; the message names the nearest sizes it can."""
+
+
+@contextmanager
+def quiet_export_logs(level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the ONNX optimiser's loggers to ``level`` for the export, unless the user set their level.
+
+    Why: anomalib's ``configure_logger`` puts the root logger at INFO, so every exported graph prints its
+    optimiser's per-initializer log. A logger whose level the user set (e.g. DEBUG to see it) is left alone.
+    """
+    changed = []
+    for name in CHATTY_EXPORT_LOGGERS:
+        chatty = logging.getLogger(name)
+        if chatty.level == logging.NOTSET:
+            changed.append(chatty)
+            chatty.setLevel(level)
+    try:
+        yield
+    finally:
+        for chatty in changed:
+            chatty.setLevel(logging.NOTSET)
+
+
+def model_input_size(model: Any, input_size: tuple[int, int]) -> tuple[int, int]:
+    """The size the model's torch module sees for an exported input of ``input_size`` (after the pre-processor)."""
+    import torch
+
+    pre_processor = getattr(model, "pre_processor", None)
+    probe = torch.zeros(1, 3, *input_size)
+    if callable(pre_processor):
+        with torch.no_grad():
+            probe = pre_processor(probe)
+    return int(probe.shape[-2]), int(probe.shape[-1])
+
+
+def _size_problem(model: Any, input_size: tuple[int, int]) -> str | None:
+    """The model's own message for an export size it cannot take, or ``None`` when it takes it.
+
+    Uses the torch module's ``check_input_size`` (CRR takes ``height, width``, MFRNet one ``(height, width)``
+    tuple) on the size after the pre-processor, so no forward pass runs. Models without such a check are not judged.
+    """
+    check = getattr(getattr(model, "model", None), "check_input_size", None)
+    if check is None:
+        return None
+    size = model_input_size(model, input_size)
+    try:
+        try:
+            check(size)
+        except TypeError:
+            check(*size)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _nearest_side(model: Any, side: int, step: int) -> int | None:
+    """The nearest square side from ``side`` in direction ``step`` (+1/-1) that the model takes."""
+    for offset in range(1, SIZE_SEARCH_RADIUS + 1):
+        candidate = side + step * offset
+        if candidate > 0 and _size_problem(model, (candidate, candidate)) is None:
+            return candidate
+    return None
+
+
+def check_export_input_size(model: Any, input_size: Sequence[int] | None) -> None:
+    """Refuse an export ``input_size`` the model cannot take, naming the nearest sizes it can.
+
+    Why: anomalib traces the graph at ``input_size`` and writes an IR that fails (or silently computes a map of
+    another size) only when deployed. Checking before the export names the problem and the fix at once.
+
+    Raises:
+        ExportSizeError: With the model's reason and the nearest accepted sizes (each side searched separately).
+    """
+    if input_size is None:
+        return
+    height, width = (int(side) for side in input_size)
+    problem = _size_problem(model, (height, width))
+    if problem is None:
+        return
+    below = [_nearest_side(model, side, -1) or side for side in (height, width)]
+    above = [_nearest_side(model, side, +1) or side for side in (height, width)]
+    options = " or ".join(f'"[{h},{w}]"' for h, w in dict.fromkeys([tuple(below), tuple(above)]))
+    reason = problem.strip().rstrip(".")
+    msg = f"--input_size [{height},{width}] cannot be exported: {reason}. Nearest sizes it takes: {options}."
+    raise ExportSizeError(msg)
 
 
 class QuantizedOpenVinoExport:
@@ -49,7 +145,7 @@ class QuantizedOpenVinoExport:
         Every ONNX and OpenVINO export passes here. anomalib's ``σ = 4`` map blur (33 × 33) was 45 % of PaDiM's
         FP32 IR time; ``separable_blurs`` writes the same function as two 1-D passes into the graph.
         """
-        with separable_blurs(self) as swapped:  # type: ignore[arg-type]
+        with separable_blurs(self) as swapped, quiet_export_logs():  # type: ignore[arg-type]
             if swapped:
                 logger.info("Exporting %s as separable 1-D passes", ", ".join(swapped))
             return super().to_onnx(export_root, model_file_name=model_file_name, input_size=input_size, **kwargs)  # type: ignore[misc]
