@@ -102,8 +102,13 @@ def dinomaly_step_fn(model: torch.nn.Module, images: torch.Tensor) -> Callable[[
     return step
 
 
-def build_crr(args: argparse.Namespace, architecture: dict[str, Any]) -> Any:
-    """A CRR module with a Lightning Trainer attached, its optimizers set up and its synthesiser built."""
+def build_crr(args: argparse.Namespace, architecture: dict[str, Any], precision: str = "32-true") -> Any:
+    """A CRR module with a Lightning Trainer attached, its optimizers set up and its synthesiser built.
+
+    ``precision`` is the Trainer's (``16-mixed``, ``bf16-mixed``...): its plugin scales the manual backward and
+    unscales before the clip, as in a fit; wrap the step calls in ``trainer.precision_plugin.train_step_context()``
+    for the autocast that Lightning puts around ``training_step``.
+    """
     from lightning.pytorch import Trainer
 
     from anomalib_crr import CRR
@@ -127,6 +132,7 @@ def build_crr(args: argparse.Namespace, architecture: dict[str, Any]) -> Any:
         enable_progress_bar=False,
         enable_model_summary=False,
         max_steps=18_000,
+        precision=precision,
     )
     model.trainer = trainer
     trainer.strategy.connect(model)

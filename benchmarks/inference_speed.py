@@ -40,6 +40,8 @@ def interleaved_medians(
     warmup: int,
     synchronize: Callable[[], None] | None = None,
     grad: bool = False,
+    events: bool = False,
+    verbose: bool = True,
 ) -> dict[str, float]:
     """Median seconds per call of each candidate, timed round-robin so load drifts hit all of them alike.
 
@@ -49,7 +51,11 @@ def interleaved_medians(
         warmup: Untimed rounds first.
         synchronize: Called around each timed call (default: ``torch.cuda.synchronize`` when CUDA is present).
         grad: Keep autograd on (training steps); inference timings run under ``torch.inference_mode``.
+        events: On CUDA, time each call with CUDA events (GPU time between the two records, so host-side
+            jitter between the call and the synchronisation does not count); wall clock elsewhere.
+        verbose: Print each round's times.
     """
+    use_events = events and torch.cuda.is_available()
     if synchronize is None:
         synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in candidates}
@@ -57,12 +63,24 @@ def interleaved_medians(
         for round_index in range(warmup + runs):
             for name, call in candidates.items():
                 synchronize()
-                start = time.perf_counter()
-                call()
-                synchronize()
+                if use_events:
+                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    begin.record()
+                    call()
+                    end.record()
+                    synchronize()
+                    elapsed = begin.elapsed_time(end) / 1000
+                else:
+                    start = time.perf_counter()
+                    call()
+                    synchronize()
+                    elapsed = time.perf_counter() - start
                 if round_index >= warmup:
-                    times[name].append(time.perf_counter() - start)
-            print(f"round {round_index}: " + ", ".join(f"{n}={v[-1]:.4f}s" for n, v in times.items() if v), flush=True)
+                    times[name].append(elapsed)
+            if verbose:
+                print(
+                    f"round {round_index}: " + ", ".join(f"{n}={v[-1]:.4f}s" for n, v in times.items() if v), flush=True
+                )
     return {name: statistics.median(values) for name, values in times.items()}
 
 

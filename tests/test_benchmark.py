@@ -218,7 +218,7 @@ def test_shipped_configs_validate() -> None:
     from anomalib_crr.benchmark.config import expand_jobs, load_config, validate_classes
 
     models: set[str] = set()
-    for name, expected_jobs in (("smoke", 5), ("real_cpu", 15), ("mvtec_gpu", 9 * 16), ("visa_gpu", 9 * 13)):
+    for name, expected_jobs in (("smoke", 5), ("real_cpu", 17), ("mvtec_gpu", 10 * 16), ("visa_gpu", 10 * 13)):
         config = load_config(ROOT / "configs" / "benchmark" / f"{name}.yaml", output="/nonexistent/run")
         validate_classes(config)
         jobs = expand_jobs(config)
@@ -228,8 +228,12 @@ def test_shipped_configs_validate() -> None:
     assert models >= {*nine, "Supersimplenet"}
     real = load_config(ROOT / "configs" / "benchmark" / "real_cpu.yaml", output="/nonexistent/run")
     by_name = {m.name: m for m in real.models}
-    for name in ("MFRNet", "Patchcore", "Padim", "Supersimplenet"):
-        weights = by_name[name].offline.get("backbone_weights") or by_name[name].init_args.get("weights_path")
+    for name in ("MFRNet", "Patchcore", "Padim", "Supersimplenet", "CRR_lite0"):
+        weights = (
+            by_name[name].offline.get("backbone_weights")
+            or by_name[name].init_args.get("weights_path")
+            or by_name[name].init_args.get("encoder_weights")
+        )
         assert str(weights).endswith("tf_efficientnet_lite0.in1k.safetensors"), name
     assert by_name["CRR"].init_args["encoder_name"] == by_name["Dinomaly"].init_args["encoder_name"]
     assert by_name["CRR"].init_args["encoder_weights"] is None
