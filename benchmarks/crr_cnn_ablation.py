@@ -48,7 +48,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from inference_speed import interleaved_medians
-from real_data import WEIGHTS, _evaluator, _result_row, _typed, _write, build_datamodule, build_model
+from real_data import (
+    WEIGHTS,
+    _evaluator,
+    _result_row,
+    _typed,
+    _write,
+    build_datamodule,
+    build_model,
+    fit_timed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "model" / "crr_cnn.yaml"
@@ -132,10 +141,7 @@ def run_crr(args: argparse.Namespace, seed: int, variant: str) -> list[dict[str,
     model = build_crr(args.image_size, **overrides)
     datamodule = build_datamodule(args.dataset, args.batch_size, args.num_workers)
     engine = _engine(args.output)
-    load = os.getloadavg()[0]
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    fit_s = time.perf_counter() - start
+    fit_s, load = fit_timed(engine, model, datamodule)
     hp = model.hparams
     config = (
         f"lite0 {'+'.join(hp.target_layers)} stride {hp.token_stride}, decoder {hp.decoder_dim}x{hp.decoder_depth}, "
@@ -173,10 +179,8 @@ def run_baseline(args: argparse.Namespace, seed: int, name: str) -> dict[str, An
     model, info = build_model(name, args)
     datamodule = build_datamodule(args.dataset, args.batch_size, args.num_workers)
     engine = _engine(args.output, info.get("epochs"))
-    load = os.getloadavg()[0]
     start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    fit_s = time.perf_counter() - start
+    fit_s, load = fit_timed(engine, model, datamodule)
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
     row = _result_row(run, metrics, time.perf_counter() - start)

@@ -215,6 +215,14 @@ def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any
     raise SystemExit(msg)
 
 
+def fit_timed(engine: Any, model: Any, datamodule: Any) -> tuple[float, float]:
+    """``engine.fit``; returns its wall time (s) and the 1-minute load average when it started."""
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    return time.perf_counter() - start, load
+
+
 def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Train and test every requested model for every seed; one row per run."""
     from anomalib.engine import Engine
@@ -234,10 +242,8 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
                 logger=False,
                 enable_progress_bar=False,
             )
-            load = os.getloadavg()[0]
             start = time.perf_counter()
-            engine.fit(model=model, datamodule=datamodule)
-            fit_s = time.perf_counter() - start
+            fit_s, load = fit_timed(engine, model, datamodule)
             metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
             run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
             rows.append(_result_row(run, metrics, time.perf_counter() - start))
