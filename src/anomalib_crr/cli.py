@@ -587,11 +587,23 @@ def _with_checkpoint_model(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _note_resize(model: Any, input_size: Sequence[int] | None) -> None:
     """Say when the IR resizes its input inside the graph, so that its map size is no surprise."""
+    from anomalib_crr.deploy.raw_input import first_resize
     from anomalib_crr.models.components.export import model_input_size
 
     if input_size is None:
         return
     size = tuple(int(side) for side in input_size)
+    resize = first_resize(model)
+    resize_size = tuple(resize.size) if resize is not None and isinstance(resize.size, (list, tuple)) else None
+    if resize_size is not None and len(resize_size) == 2 and resize_size != size:
+        print(
+            f"anomalib-crr export: warning: the model resizes images to {resize_size[0]}x{resize_size[1]}, but the "
+            f"graph will take {size[0]}x{size[1]}: raw files cannot be scored as the trained model scores them "
+            f"(anomalib_crr.deploy's inferencers refuse them). Export with --input_size "
+            f"[{resize_size[0]},{resize_size[1]}] or without --input_size.",
+            file=sys.stderr,
+        )
+        return
     inner = model_input_size(model, size)
     if inner != size:
         print(

@@ -1,7 +1,13 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""``OpenVINOInferencer`` that keeps OpenVINO's compiled-model cache out of the working directory.
+"""anomalib's inferencers, scoring a user's raw files as the trained model does, with no cache in the working directory.
+
+Both classes resize a raw image (any file size) with the trained pre-processor's own first ``Resize`` before the
+exported graph (see :mod:`anomalib_crr.deploy.raw_input`): anomalib's classes feed the file as it is, so a
+static-size IR refuses it and a dynamic one (or the ``.pt`` export) resizes it without antialiasing, which moved
+normalised scores by up to 0.22 on raw ``tire`` files. With the resize here, scores, labels and maps equal
+``Engine.predict``'s on the same file (tested to 1e-3 on the scores; measured in ``docs/deployment.md``).
 
 anomalib 2.7's ``OpenVINOInferencer`` creates ``openvino_cache/`` in the current directory on every load and
 points OpenVINO's ``CACHE_DIR`` at it, so running a script from a project or data folder leaves a cache folder
@@ -21,7 +27,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from anomalib.deploy import OpenVINOInferencer as AnomalibOpenVINOInferencer
+from anomalib.deploy import TorchInferencer as AnomalibTorchInferencer
+
+from .raw_input import first_resize, fit_raw_image, ir_raw_resize, static_input_size
 
 MODEL_SUFFIXES = {".xml", ".bin", ".onnx"}
 
@@ -70,4 +81,65 @@ class OpenVINOInferencer(AnomalibOpenVINOInferencer):
             Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(self.cache_dir)})
         compiled = core.compile_model(model=model, device_name=self.device, config=self.config)
+        self.raw_resize = ir_raw_resize(model)
+        self.input_size = static_input_size(model)
         return compiled.input(0), compiled.output(0), compiled
+
+    def predict(self, image: str | Path | np.ndarray | Any) -> Any:
+        """Score ``image`` with anomalib's ``predict`` after resizing it as the trained pre-processor does.
+
+        Args:
+            image: A path, an ``(H, W, C)`` array (``uint8`` or [0, 1]), a PIL image or a ``(C, H, W)`` tensor in
+                [0, 1], at any size.
+
+        Returns:
+            NumpyImageBatch: ``pred_score``, ``pred_label``, ``anomaly_map``, ``pred_mask`` (and the resized image).
+
+        Raises:
+            ValueError: If the resized image does not have the size of an IR exported with another ``input_size``
+                than the model's resize (the message names both).
+        """
+        batch = fit_raw_image(_as_tensor(image), self.raw_resize)
+        if self.input_size is not None and tuple(batch.shape[-2:]) != self.input_size:
+            msg = (
+                f"this IR takes {self.input_size[0]}x{self.input_size[1]} images, but the trained model resizes "
+                f"images to {batch.shape[-2]}x{batch.shape[-1]}: re-export it with --input_size "
+                f"[{batch.shape[-2]},{batch.shape[-1]}] (or without --input_size) to score raw images as it does"
+            )
+            raise ValueError(msg)
+        return super().predict(batch.numpy())
+
+
+class TorchInferencer(AnomalibTorchInferencer):
+    """anomalib's ``TorchInferencer`` (``.pt`` exports) with the trained pre-processor's resize for raw images.
+
+    anomalib's exported module resizes inside its ``forward`` with antialiasing switched off (the exportable
+    transform); this resizes the raw image first with the training transform's first ``Resize``, so the module's
+    own resize is the identity and the result equals ``Engine.predict``'s on the same file. Loading needs
+    ``TRUST_REMOTE_CODE=1``, as for anomalib's class (a pickled module is code).
+    """
+
+    def load_model(self, path: str | Path) -> torch.nn.Module:
+        """Load the exported module as anomalib does and keep its pre-processor's first ``Resize``."""
+        model = super().load_model(path)
+        self.raw_resize = first_resize(model)
+        return model
+
+    def predict(self, image: str | Path | np.ndarray | Any) -> Any:
+        """Score ``image`` with anomalib's ``predict`` after resizing it as in training (see the class docstring)."""
+        return super().predict(fit_raw_image(_as_tensor(image), self.raw_resize).to(self.device))
+
+
+def _as_tensor(image: str | Path | np.ndarray | Any) -> torch.Tensor | np.ndarray:
+    """A path or PIL image read as anomalib's inferencers read them (float in [0, 1]); arrays and tensors as given."""
+    from anomalib.data.utils import read_image
+    from PIL.Image import Image as PILImage
+
+    if isinstance(image, (str, Path)):
+        return read_image(image, as_tensor=True)
+    if isinstance(image, PILImage):
+        return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return image
+
+
+__all__ = ["OpenVINOInferencer", "TorchInferencer", "default_cache_dir"]

@@ -46,6 +46,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -54,6 +55,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .raw_input import RAW_RESIZE_KEY, first_resize, fit_raw_image, ir_raw_resize, resize_spec, static_input_size
 
 if TYPE_CHECKING:
     from anomalib.data import NumpyImageBatch
@@ -275,17 +278,13 @@ def model_api_metadata(
         ("anomalib", "normalized"): normalized,
         ("anomalib", "model_class"): f"{type(model).__module__}.{type(model).__qualname__}",
     }
+    resize = first_resize(model)
+    if resize is not None:  # how raw images are brought to the graph's input, as in training (see raw_input)
+        entries[tuple(RAW_RESIZE_KEY)] = json.dumps(resize_spec(resize))
     region = _map_region(transforms, input_size) if input_size is not None else None
     if region is not None:
         entries["anomalib", "map_region"] = list(region)
     return entries
-
-
-def _static_input_size(ov_model: Any) -> tuple[int, int] | None:
-    shape = ov_model.input(0).get_partial_shape()
-    if shape.rank.is_dynamic or len(shape) != 4 or not (shape[2].is_static and shape[3].is_static):
-        return None
-    return shape[2].get_length(), shape[3].get_length()
 
 
 def write_model_api_metadata(xml_path: Path | str, model: AnomalibModule, task: str | None = None) -> None:
@@ -332,7 +331,7 @@ def write_model_api_metadata(xml_path: Path | str, model: AnomalibModule, task: 
             "its post-processor (normalisation and thresholding) enabled."
         )
         raise ValueError(msg)
-    input_size = _static_input_size(ov_model)
+    input_size = static_input_size(ov_model)
     if input_size is None:
         logger.warning(
             "%s has a dynamic input size: Model API then embeds no pre-processing (no resize, no channel swap) and "
@@ -402,9 +401,26 @@ def load_model_api(
             sorted(missing),
         )
     model_type = missing.pop("model_type", None)
+    # float32 pixels in 0-255 at the embedded input (uint8 arrays are converted on the way in): predict_model_api
+    # then hands over the image resized in float as in training without rounding it to uint8 (which moved a tiny
+    # MFRNet's normalised score by 0.016). The IR's own metadata keeps uint8 for other Model API clients.
+    defaults = {"input_dtype": "f32"}
     return models.Model.create_model(
-        adapter, model_type=model_type, configuration={**missing, **(configuration or {})}, preload=True
+        adapter, model_type=model_type, configuration={**defaults, **missing, **(configuration or {})}, preload=True
     )
+
+
+def _raw_resize(model: AnomalyDetection) -> Any:
+    """The trained pre-processor's first ``Resize`` (from ``rt_info``), else antialiased to the IR's static size."""
+    ov_model = model.inference_adapter.model
+    if ov_model.has_rt_info(RAW_RESIZE_KEY):
+        return ir_raw_resize(ov_model)
+    height, width = int(getattr(model, "h", -1)), int(getattr(model, "w", -1))
+    if getattr(model, "_is_dynamic", False) or height <= 0 or width <= 0:
+        return None
+    from torchvision.transforms.v2 import Resize
+
+    return Resize((height, width), antialias=True)
 
 
 def predict_model_api(model: AnomalyDetection, image: np.ndarray | Path | str) -> NumpyImageBatch:
@@ -444,6 +460,14 @@ def predict_model_api(model: AnomalyDetection, image: np.ndarray | Path | str) -
         msg = "predict_model_api takes a uint8 HxWx3 BGR image (as cv2.imread returns it) or a path"
         raise TypeError(msg)
     rgb = np.ascontiguousarray(image[..., ::-1]) if model.params.reverse_input_channels else image
+    resize = _raw_resize(model)
+    if resize is not None:
+        # Resize as the trained model's pre-processor does (antialiased, in float), not with Model API's own uint8
+        # resize, then round to the uint8 pixels Model API takes; its embedded resize is then the identity.
+        fitted = fit_raw_image(rgb, resize)[0].permute(1, 2, 0).numpy() * np.float32(255.0)
+        rounded = model.params.input_dtype == "u8"  # an IR loaded with uint8 input: the pixels must be rounded
+        rgb = np.ascontiguousarray(np.round(fitted).astype(np.uint8) if rounded else fitted)
+        image = np.ascontiguousarray(rgb[..., ::-1]) if model.params.reverse_input_channels else rgb
     # Model API swaps the channels only in the pre-processing it embeds into IRs with a static input size; for
     # dynamic-size IRs it feeds the pixels as given, so they must be RGB already.
     embedded = getattr(model, "_embedded_processing", not getattr(model, "_is_dynamic", False))

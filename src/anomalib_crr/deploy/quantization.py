@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F  # noqa: N812
+
+from .raw_input import fit_to_input, static_input_size
 
 if TYPE_CHECKING:
     from anomalib.data import AnomalibDataModule
@@ -99,27 +100,6 @@ def static_batch_size(ov_model: Any) -> int:
     """The IR's static batch size, or 1 when the batch axis is dynamic."""
     shape = ov_model.input(0).get_partial_shape()
     return shape[0].get_length() if shape.rank.is_static and shape[0].is_static else 1
-
-
-def static_input_size(ov_model: Any) -> tuple[int, int] | None:
-    """``(height, width)`` of the IR's image input when both are static, else ``None``."""
-    shape = ov_model.input(0).get_partial_shape()
-    if shape.rank.is_dynamic or len(shape) != 4 or not (shape[2].is_static and shape[3].is_static):
-        return None
-    return int(shape[2].get_length()), int(shape[3].get_length())
-
-
-def fit_to_input(image: torch.Tensor, size: tuple[int, int] | None) -> np.ndarray:
-    """A ``(C, H, W)`` image in [0, 1] as the IR's ``(1, C, h, w)`` float32 input.
-
-    Resized with antialiased bilinear interpolation, like the models' own pre-processors, and clamped to [0, 1]:
-    the antialiased kernel overshoots by ~1e-7, and anomalib's ``OpenVINOInferencer`` divides an input whose maximum
-    exceeds 1 by 255.
-    """
-    batch = image.float().unsqueeze(0)
-    if size is not None and tuple(batch.shape[-2:]) != size:
-        batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return batch.clamp_(0.0, 1.0).numpy()
 
 
 class ResizedImages:
