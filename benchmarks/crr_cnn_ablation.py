@@ -112,9 +112,9 @@ def identity_ratio(model: Any, datamodule: Any) -> float:
             masks = F.interpolate(mask.reshape(1, 1, *mask.shape[-2:]).float(), size=rec.shape, mode="nearest")
             masks = masks[0, 0] > 0.5
             on_defect += float(rec[masks].sum())
-        defect_pixels += int(masks.sum())
-        on_normal += float(rec[~masks].sum())
-        normal_pixels += int((~masks).sum())
+            defect_pixels += int(masks.sum())
+            on_normal += float(rec[~masks].sum())
+            normal_pixels += int((~masks).sum())
     return (on_defect / max(defect_pixels, 1)) / (on_normal / max(normal_pixels, 1))
 
 
