@@ -62,7 +62,7 @@ def two_d_blurs() -> Iterator[None]:
 
 def with_export_mixin(model: Any) -> Any:
     """The model as ``anomalib-crr export`` exports it (``cli.run_export`` gives it the same mixin)."""
-    from anomalib_crr.models.components.export import QuantizedOpenVinoExport
+    from anomalib_crr.deploy.export import QuantizedOpenVinoExport
 
     base = type(model)
     model.__class__ = type(base.__name__, (QuantizedOpenVinoExport, base), {"__module__": base.__module__})

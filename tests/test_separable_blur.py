@@ -85,7 +85,7 @@ def test_export_writes_anomalib_map_blur_as_two_1d_passes(tmp_path: Path) -> Non
     import onnx
     from anomalib.models import Padim
 
-    from anomalib_crr.models.components.export import QuantizedOpenVinoExport
+    from anomalib_crr.deploy.export import QuantizedOpenVinoExport
 
     from .helpers import onnx_outputs
 

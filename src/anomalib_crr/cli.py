@@ -549,7 +549,8 @@ def run_export(cli: Any, args: Sequence[str], options: PluginOptions) -> None:
     input (no ``--data``, too few images, an unfitted model, a refused model, nncf missing) ends with its message,
     not a traceback.
     """
-    from anomalib_crr.models.components.export import QuantizedOpenVinoExport, check_export_input_size
+    from anomalib_crr.deploy.export import QuantizedOpenVinoExport
+    from anomalib_crr.models.components.export import check_export_input_size
 
     model = cli.model
     if not isinstance(model, QuantizedOpenVinoExport):

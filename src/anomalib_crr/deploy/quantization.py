@@ -531,7 +531,7 @@ def export_quantized_openvino(
     from anomalib.deploy import ExportType
     from anomalib.models.components.base.export_mixin.utils import create_export_root
 
-    from anomalib_crr.models.components import separable_blurs
+    from anomalib_crr.models.components.blur import separable_blurs
 
     if datamodule is None:  # before the (slow) ONNX export
         calibration_images(None, None, 0, compression)

@@ -10,7 +10,7 @@ with another encoder or width, ends in Lightning's list of hundreds of missing k
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,16 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint's weights do not fit the model they are loaded into."""
 
 
+#: The checkpoint hyper-parameter enums of every plugin model, filled by :func:`register_checkpoint_safe_globals`
+#: (each model registers its own at import), so that this shared module never imports a concrete model.
+_PLUGIN_SAFE_GLOBALS: list[Any] = []
+
+
+def register_checkpoint_safe_globals(objects: Sequence[Any]) -> None:
+    """Declare a model's checkpoint enums to :func:`allow_plugin_enums` (called once per model class at import)."""
+    _PLUGIN_SAFE_GLOBALS.extend(item for item in objects if item not in _PLUGIN_SAFE_GLOBALS)
+
+
 def allow_plugin_enums() -> None:
     """Let ``weights_only`` loading read the hyper-parameter enums of *every* plugin model.
 
@@ -30,10 +40,7 @@ def allow_plugin_enums() -> None:
     (or the reverse) failed with torch's ``Unsupported global`` message before any check could say which model
     wrote the file. Enums are safe to allowlist: unpickling one only looks a member up by value.
     """
-    from anomalib_crr.models.crr import CRR
-    from anomalib_crr.models.mfrnet import MFRNet
-
-    torch.serialization.add_safe_globals([*CRR.checkpoint_safe_globals(), *MFRNet.checkpoint_safe_globals()])
+    torch.serialization.add_safe_globals(list(_PLUGIN_SAFE_GLOBALS))
 
 
 def _groups(keys: Any) -> list[str]:
@@ -73,6 +80,13 @@ def describe_state_dict_mismatch(model: torch.nn.Module, state_dict: Mapping[str
 
 class ChecksInputs:
     """Mixin for ``AnomalibModule`` subclasses: reject non-finite images and explain checkpoint mismatches."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Register the subclass's ``checkpoint_safe_globals`` enums for :func:`allow_plugin_enums`."""
+        super().__init_subclass__(**kwargs)
+        declared = getattr(cls, "checkpoint_safe_globals", None)
+        if callable(declared):
+            register_checkpoint_safe_globals(declared())
 
     def forward(self, batch: torch.Tensor, *args, **kwargs) -> Any:
         """The anomalib forward (pre-processor, model, post-processor) after checking that ``batch`` is finite.

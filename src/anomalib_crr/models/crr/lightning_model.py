@@ -48,8 +48,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
 
+from anomalib_crr.deploy.export import Opset18OnnxExport
 from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
-from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
 from .components.cnn_encoder import cnn_input_multiple, is_cnn_encoder

@@ -41,8 +41,8 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
 
+from anomalib_crr.deploy.export import Opset18OnnxExport
 from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
-from anomalib_crr.models.components.export import Opset18OnnxExport
 
 from .anomaly_map import ScoreMode
 from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, ImageScore
