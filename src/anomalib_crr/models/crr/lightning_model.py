@@ -30,15 +30,13 @@ import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.data.utils import download_and_extract
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
 from anomalib.models.image.dinomaly.components import StableAdamW, WarmCosineScheduler
 from anomalib.models.image.draem.lightning_model import DTD_DOWNLOAD_INFO
 from anomalib.post_processing import PostProcessor
@@ -46,10 +44,10 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, Resize
+from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
-from anomalib_crr.deploy.export import Opset18OnnxExport
-from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
+from anomalib_crr.models.base import PluginModule
+from anomalib_crr.models.components import flatten_transforms, transform_output_size
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
 from .components.cnn_encoder import cnn_input_multiple, is_cnn_encoder
@@ -95,7 +93,7 @@ CNN_IMAGE_SIZE = 256  # the CNN path's default: a plain resize (no crop), as PaD
 DEFAULT_ENCODER = "vit_base_patch14_reg4_dinov2"
 
 
-class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
+class CRR(PluginModule):
     """CRR Lightning module.
 
     Args:
@@ -157,6 +155,16 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     # here); benchmarks/int8.py measures agreement and speed with a random encoder. A never-validated CRR (NaN
     # post-processor statistics) is refused before quantisation: OpenVINO 2026.4 cannot compile its quantised IR.
     int8_quantized_modules = ("model.encoder", "model.bottleneck", "model.decoder")
+    checkpoint_enums = (MaskAtInference, MaskGranularity)
+    # The Lightning checkpoint holds the encoder's and the official files' weights: nothing to download or read.
+    checkpoint_load_defaults: ClassVar[dict[str, Any]] = {
+        "encoder_weights": None,
+        "official_checkpoint": None,
+        "official_seg_checkpoint": None,
+    }
+    normalize_reason = (
+        "CRR synthesises anomalies on [0, 1] images and applies the encoder's normalisation inside the model."
+    )
 
     def __init__(
         self,
@@ -314,16 +322,9 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         self, encoder_name: str, target_layers: Sequence | None = None, token_stride: int | None = None
     ) -> None:
         """Reject pre-processors that normalise or produce sizes that do not tile into the encoder's patches."""
-        if not isinstance(self.pre_processor, PreProcessor):
+        transforms = self.pre_processor_transforms()
+        if transforms is None:
             return
-        transforms = list(flatten_transforms(self.pre_processor.transform))
-        if any(isinstance(transform, Normalize) for transform in transforms):
-            msg = (
-                "CRR's pre-processor must not contain Normalize: CRR synthesises anomalies on [0, 1] images and "
-                "applies the encoder's normalisation inside the model. Use CRR.configure_pre_processor(...) or a "
-                "transform with only Resize/CenterCrop."
-            )
-            raise ValueError(msg)
         size = transform_output_size(transforms)
         patch = input_multiple(encoder_name, target_layers, token_stride)
         if size is not None and (size[0] % patch or size[1] % patch):
@@ -334,19 +335,6 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
                 f"encoder_name='{encoder_name}'))."
             )
             raise ValueError(msg)
-
-    @classmethod
-    def checkpoint_safe_globals(cls) -> Sequence[Any]:
-        """Enums that may appear in saved hyper-parameters."""
-        return (MaskAtInference, MaskGranularity)
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> CRR:  # type: ignore[override]
-        """Rebuild from a checkpoint without downloading encoder weights: the checkpoint holds them."""
-        kwargs.setdefault("encoder_weights", None)
-        kwargs.setdefault("official_checkpoint", None)  # the Lightning checkpoint holds those weights too
-        kwargs.setdefault("official_seg_checkpoint", None)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)  # type: ignore[return-value]
 
     @classmethod
     def from_official_checkpoint(
@@ -376,11 +364,6 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             ...     "dinov2_vitb14_reg4_pretrain.pth", "Seg_model_7999.pth", stage1_steps=50_000)
         """
         return cls(official_checkpoint=model_path, official_seg_checkpoint=seg_path, **kwargs)
-
-    @property
-    def learning_type(self) -> LearningType:
-        """CRR learns from normal images only."""
-        return LearningType.ONE_CLASS
 
     @property
     def total_steps(self) -> int:
@@ -637,9 +620,3 @@ class CRR(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             f"training stopped after {done} of {self.total_steps} configured optimizer steps "
             f"(stage1_steps={self.stage1_steps}, stage2_steps={self.stage2_steps}): {stage}."
         )
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict scores and maps for the validation batch."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)

@@ -27,22 +27,20 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
-from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torchvision.transforms.v2 import CenterCrop, Normalize, Resize
+from torchvision.transforms.v2 import CenterCrop, Resize
 
-from anomalib_crr.deploy.export import Opset18OnnxExport
-from anomalib_crr.models.components import ValidatesAtFitEnd, flatten_transforms, transform_output_size
+from anomalib_crr.models.base import PluginModule
+from anomalib_crr.models.components import flatten_transforms, transform_output_size
 
 from .anomaly_map import ScoreMode
 from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, ImageScore
@@ -80,7 +78,7 @@ LEGACY_HPARAMS: dict[str, Any] = {
 }
 
 
-class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
+class MFRNet(PluginModule):
     """MFRNet Lightning module.
 
     Defaults are the best configuration measured on MVTec 3D-AD ``tire`` (see the model README's ablation
@@ -156,6 +154,13 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
     # weights (the backbone and the restorer's convolutions, attention and MLPs) was 2-6 % faster on tire with the same
     # accuracy, but agreed worse with torch on the tiny test models (score 0.29 vs 0.17, map correlation 0.75 vs 0.89).
     int8_quantized_modules = ("model.aggregator", "model.restorer")
+    checkpoint_enums = (FeatureNorm, ScoreMode, Partition, MapNorm, TestGrid, ImageScore)
+    # The Lightning checkpoint holds the backbone's weights: nothing to download or read.
+    checkpoint_load_defaults: ClassVar[dict[str, Any]] = {"pre_trained": False, "weights_path": None}
+    normalize_reason = (
+        "the model normalises images with its backbone's own statistics (ImageNet for VGG/ResNet, 0.5/0.5 for "
+        "EfficientNet-Lite)."
+    )
 
     def __init__(
         self,
@@ -264,22 +269,10 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
 
     def _check_pre_processor(self) -> tuple[int, int]:
         """Reject a normalising pre-processor; return the size it produces (256x256 if it does not fix one)."""
-        if not isinstance(self.pre_processor, PreProcessor):
+        transforms = self.pre_processor_transforms()
+        if transforms is None:
             return DEFAULT_IMAGE_SIZE
-        transforms = list(flatten_transforms(self.pre_processor.transform))
-        if any(isinstance(transform, Normalize) for transform in transforms):
-            msg = (
-                "MFRNet's pre-processor must not contain Normalize: the model normalises images with its backbone's "
-                "own statistics (ImageNet for VGG/ResNet, 0.5/0.5 for EfficientNet-Lite). Use "
-                "MFRNet.configure_pre_processor(image_size=...) or a transform with only Resize/CenterCrop."
-            )
-            raise ValueError(msg)
         return transform_output_size(transforms) or DEFAULT_IMAGE_SIZE
-
-    @classmethod
-    def checkpoint_safe_globals(cls) -> Sequence[Any]:
-        """Enums that may appear in saved hyper-parameters."""
-        return (FeatureNorm, ScoreMode, Partition, MapNorm, TestGrid, ImageScore)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args, **kwargs) -> MFRNet:  # type: ignore[override]
@@ -288,8 +281,8 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         Checkpoints of the first release (before the residual restorer) are rebuilt with that release's meaning of
         their hyper-parameters (stride-4 default layers, random partitions, plain restorer), so they load unchanged.
         """
-        kwargs.setdefault("pre_trained", False)
-        kwargs.setdefault("weights_path", None)
+        for name, value in cls.checkpoint_load_defaults.items():
+            kwargs.setdefault(name, value)
         with anomalib_safe_globals(extra=cls.checkpoint_safe_globals()):
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=kwargs.get("weights_only", True))
         for key, value in legacy_overrides(checkpoint.get("hyper_parameters", {})).items():
@@ -393,11 +386,6 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
         if key == "mask_cell_size":
             return self.model.cell_sizes
         return self._resolved(key, dict(self.hparams))
-
-    @property
-    def learning_type(self) -> LearningType:
-        """MFRNet learns from normal images only."""
-        return LearningType.ONE_CLASS
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -582,12 +570,6 @@ class MFRNet(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
             return
         self.compute_map_statistics(self.trainer.train_dataloader)
         self._map_stats_step = self.global_step
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Predict scores and maps for the validation batch."""
-        del args, kwargs
-        predictions = self.model(batch.image)
-        return batch.update(pred_score=predictions.pred_score, anomaly_map=predictions.anomaly_map)
 
 
 def lr_factor_schedule(
