@@ -52,6 +52,7 @@ def _benchmark_parser() -> argparse.ArgumentParser:
         prog="anomalib-crr benchmark",
         description="Train and test every model x dataset x seed of a benchmark config, each job in its own "
         "process (here, on a pool of workers, on Ray or on SLURM); write results.csv/json, report.md and plots.",
+        epilog="Paired test of two models of a finished run: anomalib-crr benchmark compare RUN A B (--help there).",
     )
     parser.add_argument("--config", required=True, help="benchmark YAML, e.g. configs/benchmark/smoke.yaml")
     parser.add_argument("--output", default=None, help="run folder (default: results/benchmark/<config name>)")
@@ -110,7 +111,13 @@ def run_benchmark_cli(argv: Sequence[str]) -> int:
 
     Exit codes: 0 all jobs finished (or were submitted with ``--detach``), 1 some job failed (listed in the
     report), 2 bad config or missing executor extra (nothing ran), 130 interrupted (Ctrl-C stopped every job).
+    ``anomalib-crr benchmark compare RUN A B`` is the paired test of two models of a finished run
+    (:mod:`anomalib_crr.benchmark.paired`; exit 2 when they were not run on the same images and seeds).
     """
+    if list(argv[:1]) == ["compare"]:
+        from anomalib_crr.benchmark.paired import main as compare_main
+
+        return compare_main(argv[1:])
     args = _benchmark_parser().parse_args(list(argv))
 
     from anomalib_crr.benchmark import ConfigError, run

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchmarkConfig, JobSpec
+from .defects import DEFECTS_CSV, defect_type_lines, defect_type_rows, write_defect_csv
 from .metrics import MAD, METRICS, mean_rows
+from .paper import TEX, WIDE_CSV, write_paper_outputs
 from .stats import BOOTSTRAP_SAMPLES, bootstrap_image_auroc, format_mean_std, seed_stats
 
 COST_COLUMNS = (
@@ -338,9 +340,12 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
     failed = [r for r in results if r.get("status") != "ok"]
     skipped = [{"model": m.name, "reason": m.skip} for m in config.models if m.skip]
     missing = sorted({j.job_id for j in jobs} - {r["job_id"] for r in results})
+    written = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_defect_csv(defect_type_rows(results, out), out / DEFECTS_CSV)
+    write_paper_outputs(summary_rows(rows), rows, out, config.name, written)
     payload = {
         "config": config.name,
-        "written": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "written": written,
         "rows": rows,
         "jobs": list(results),
         "failed": failed,
@@ -453,6 +458,10 @@ def report_lines(
         "at batch 1, throughput at the eval batch size; peak memory = process peak RSS on CPU (includes "
         "interpreter + libraries), `torch.cuda.max_memory_allocated` on GPU; trainable = parameters in the "
         "optimizers.",
+        f"- Also written: `{TEX}` (this mean table for a paper: booktabs, percent, best per column in bold), "
+        f"`{WIDE_CSV}` (one row per model, mean and std columns per dataset/category/metric), `{DEFECTS_CSV}` "
+        "(image AUROC per defect type, per job and seed); `anomalib-crr benchmark compare RUN A B` tests two "
+        "models against each other on the same test images (paired bootstrap and DeLong).",
         "",
         "## Mean over categories (sorted by mAD)",
         "",
@@ -460,6 +469,7 @@ def report_lines(
     summary = summary_rows(rows)
     lines += summary_table(summary) if summary else ["(no finished job yet)"]
     lines += bootstrap_lines(ok)
+    lines += defect_type_lines(defect_type_rows(ok, config.output))
     if rows:
         lines += ["", "## Test sets", "", *evaluated_images_lines(rows, evaluated_image_sets(ok))]
     if plots:

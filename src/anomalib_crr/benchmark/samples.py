@@ -232,3 +232,23 @@ def _normalize_constants(pre_processor: Any) -> tuple[list[float], list[float]] 
             return list(item.mean), list(item.std)
         stack.extend(getattr(item, "transforms", []) or [])
     return None
+
+
+def read_scores(result: dict[str, Any], run_dir: Path | None = None) -> Any:
+    """A finished job's ``scores.csv`` as a DataFrame, or ``None`` when the job kept none.
+
+    Why ``run_dir``: a run folder copied elsewhere keeps its layout (``jobs/<job id>/``) but not the absolute
+    log path stored in the result, so the folder's own copy is tried first.
+    """
+    import pandas as pd
+
+    candidates = [Path(str(result.get("log", ""))).parent / SCORES]
+    if run_dir is not None:
+        candidates.insert(0, Path(run_dir) / "jobs" / str(result.get("job_id", "")) / SCORES)
+    for path in candidates:
+        if path.is_file():
+            frame = pd.read_csv(path)
+            frame["category"] = frame["category"].astype(str)
+            frame["image_path"] = frame["image_path"].astype(str)
+            return frame
+    return None
