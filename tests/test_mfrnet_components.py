@@ -294,6 +294,9 @@ def test_sizes_not_divisible_by_cell_or_patch_size_are_rejected() -> None:
         tiny_model(image_size=(80, 80), mask_cell_size=[2], patch_size=4)
     with pytest.raises(ValueError, match="not divisible by feature_stride 8"):
         tiny_model(image_size=(68, 68))
+    # The message names the nearest sizes that tile (k = 4 cells of 8-pixel features: multiples of 32 here).
+    with pytest.raises(ValueError, match=r'Nearest input sizes MFRNet takes: "\[64,64\]" or "\[96,96\]"'):
+        tiny_model(image_size=(80, 80))
     model = tiny_model().eval()
     with pytest.raises(ValueError, match="not divisible by mask_cell_size"):
         model(torch.rand(1, 3, 48, 48))  # 6x6 features at run time

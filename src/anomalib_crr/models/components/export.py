@@ -8,7 +8,7 @@ The export mixins (opset 18, inference-only torch files, working INT8) live in :
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # How far from a refused export size the nearest accepted sides are searched (in pixels, each way).
@@ -37,7 +37,11 @@ def _size_problem(model: Any, input_size: tuple[int, int]) -> str | None:
     Uses the torch module's ``check_input_size`` (CRR takes ``height, width``, MFRNet one ``(height, width)``
     tuple) on the size after the pre-processor, so no forward pass runs. Models without such a check are not judged.
     """
-    check = getattr(getattr(model, "model", None), "check_input_size", None)
+    inner = getattr(model, "model", None)
+    own_problem = getattr(inner, "_size_problem", None)  # the reason alone, without the model's own size advice
+    if own_problem is not None:
+        return own_problem(model_input_size(model, input_size))
+    check = getattr(inner, "check_input_size", None)
     if check is None:
         return None
     size = model_input_size(model, input_size)
@@ -51,13 +55,20 @@ def _size_problem(model: Any, input_size: tuple[int, int]) -> str | None:
     return None
 
 
-def _nearest_side(model: Any, side: int, step: int) -> int | None:
-    """The nearest square side from ``side`` in direction ``step`` (+1/-1) that the model takes."""
+def nearest_side(accepts: Callable[[int], bool], side: int, step: int) -> int | None:
+    """The nearest side from ``side`` in direction ``step`` (+1/-1) that ``accepts``, within the search radius."""
     for offset in range(1, SIZE_SEARCH_RADIUS + 1):
         candidate = side + step * offset
-        if candidate > 0 and _size_problem(model, (candidate, candidate)) is None:
+        if candidate > 0 and accepts(candidate):
             return candidate
     return None
+
+
+def nearest_sizes_phrase(accepts: Callable[[int], bool], height: int, width: int) -> str:
+    """``"[248,248]" or "[256,256]"``: the nearest accepted sizes below and above, each side searched separately."""
+    below = [side if accepts(side) else nearest_side(accepts, side, -1) or side for side in (height, width)]
+    above = [side if accepts(side) else nearest_side(accepts, side, +1) or side for side in (height, width)]
+    return " or ".join(f'"[{h},{w}]"' for h, w in dict.fromkeys([tuple(below), tuple(above)]))
 
 
 def check_export_input_size(model: Any, input_size: Sequence[int] | None) -> None:
@@ -75,9 +86,7 @@ def check_export_input_size(model: Any, input_size: Sequence[int] | None) -> Non
     problem = _size_problem(model, (height, width))
     if problem is None:
         return
-    below = [_nearest_side(model, side, -1) or side for side in (height, width)]
-    above = [_nearest_side(model, side, +1) or side for side in (height, width)]
-    options = " or ".join(f'"[{h},{w}]"' for h, w in dict.fromkeys([tuple(below), tuple(above)]))
+    options = nearest_sizes_phrase(lambda side: _size_problem(model, (side, side)) is None, height, width)
     reason = problem.strip().rstrip(".")
     msg = f"--input_size [{height},{width}] cannot be exported: {reason}. Nearest sizes it takes: {options}."
     raise ExportSizeError(msg)

@@ -14,6 +14,8 @@ import torch
 from anomalib.data import InferenceBatch
 from torch import nn
 
+from anomalib_crr.models.components.export import nearest_sizes_phrase
+
 from .anomaly_map import AnomalyMapGenerator, ScoreMode
 from .components import (
     FeatureNorm,
@@ -210,19 +212,29 @@ class MFRNetModel(nn.Module):
             The feature-map size.
 
         Raises:
-            ValueError: Naming the size and what it must be divisible by.
+            ValueError: Naming the size, what it must be divisible by, and the nearest sizes that work.
         """
+        problem = self._size_problem(image_size)
+        if problem is not None:
+            options = nearest_sizes_phrase(lambda side: self._size_problem((side, side)) is None, *image_size)
+            msg = f"{problem.rstrip('.')}. Nearest input sizes MFRNet takes: {options}."
+            raise ValueError(msg)
+        return self.aggregator.feature_size(*image_size)
+
+    def _size_problem(self, image_size: tuple[int, int]) -> str | None:
+        """Why ``image_size`` does not tile (feature stride, mask cells, restorer patches), or ``None``."""
         stride = self.aggregator.feature_stride
         if image_size[0] % stride or image_size[1] % stride:
-            msg = (
-                f"Input size {image_size[0]}x{image_size[1]} is not divisible by feature_stride {stride}; "
-                "MFRNet needs e.g. 256x256."
-            )
-            raise ValueError(msg)
+            return f"Input size {image_size[0]}x{image_size[1]} is not divisible by feature_stride {stride}"
         feature_size = self.aggregator.feature_size(*image_size)
-        check_divisible(feature_size, self.cell_sizes, what=f"feature map of a {image_size[0]}x{image_size[1]} input")
-        check_divisible(feature_size, (self.patch_size,), what="feature map (restorer patch_size)")
-        return feature_size
+        try:
+            check_divisible(
+                feature_size, self.cell_sizes, what=f"feature map of a {image_size[0]}x{image_size[1]} input"
+            )
+            check_divisible(feature_size, (self.patch_size,), what="feature map (restorer patch_size)")
+        except ValueError as error:
+            return str(error)
+        return None
 
     def test_offsets(self, cell_size: int) -> list[tuple[int, int]]:
         """Grid offsets ``(row, column)`` of the fixed test partitions of one cell size, one per phase.
