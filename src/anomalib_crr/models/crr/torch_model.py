@@ -21,18 +21,13 @@ Data flow for an image batch ``x`` in [0, 1] (B, 3, H, W), H and W multiples of 
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import GaussianBlur2d
-from anomalib.models.image.dinomaly.components import DinomalyMLP
-from anomalib.models.image.dinomaly.torch_model import DecoderViTBlock
 from torch import nn
-
-from anomalib_crr.models.components.attention import StableLinearAttention
 
 from .components import (
     CnnGroupEncoder,
@@ -45,13 +40,14 @@ from .components import (
     dino_architecture,
     is_cnn_encoder,
 )
+from .components.decoder import build_decoder
+from .components.fusion import fuse_maps, reconstruction_map, segmentation_input, top_fraction_score
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_GROUPS = [[0, 1, 2, 3], [4, 5, 6, 7]]
 DEFAULT_CNN_DECODER_DIM = 256
 CNN_HEAD_DIM = 32  # decoder attention heads of the CNN path: decoder_dim // 32
-L2_EPS = 1e-12
 INFERENCE_DTYPES = {
     "float32": None,
     "fp32": None,
@@ -172,9 +168,7 @@ class CrrModel(nn.Module):
             self.bottleneck = MaskedNoisyBottleneck(
                 dim=feature_dim, hidden_dim=self.decoder_dim * 4, out_dim=self.decoder_dim, **bottleneck_args
             )
-            self.decoder = nn.ModuleList(
-                [self._decoder_block(self.decoder_dim, self.decoder_dim // CNN_HEAD_DIM) for _ in range(decoder_depth)]
-            )
+            self.decoder = build_decoder(self.decoder_dim, self.decoder_dim // CNN_HEAD_DIM, decoder_depth)
             self.group_heads: GroupHeads | None = GroupHeads(self.decoder_dim, self.encoder.group_channels)
             seg_in_channels = feature_dim
             mean, std = self.encoder.image_mean, self.encoder.image_std
@@ -199,7 +193,7 @@ class CrrModel(nn.Module):
             self.num_prefix_tokens: int = self.encoder.num_prefix_tokens
             self.decoder_dim = embed_dim
             self.bottleneck = MaskedNoisyBottleneck(dim=embed_dim, hidden_dim=embed_dim * 4, **bottleneck_args)
-            self.decoder = nn.ModuleList([self._decoder_block(embed_dim, num_heads) for _ in range(decoder_depth)])
+            self.decoder = build_decoder(embed_dim, num_heads, decoder_depth)
             self.group_heads = None
             seg_in_channels = embed_dim * len(self.fuse_layer_encoder)
             mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -262,21 +256,6 @@ class CrrModel(nn.Module):
         """What stage I trains: bottleneck, decoder and (CNN path) the per-group output heads."""
         modules: list[nn.Module] = [self.bottleneck, self.decoder]
         return [*modules, self.group_heads] if self.group_heads is not None else modules
-
-    @staticmethod
-    def _decoder_block(dim: int, num_heads: int) -> DecoderViTBlock:
-        """Dinomaly's decoder block with linear attention; CRR's MLP has biases (anomalib's has none)."""
-        block = DecoderViTBlock(
-            dim=dim,
-            num_heads=num_heads,
-            mlp_ratio=4.0,
-            qkv_bias=True,
-            norm_layer=partial(nn.LayerNorm, eps=1e-8),  # type: ignore[arg-type]
-            attn_drop=0.0,
-            attn=StableLinearAttention,  # anomalib's, with a float32 normaliser (bf16/fp16-safe)
-        )
-        block.mlp = DinomalyMLP(in_features=dim, hidden_features=dim * 4, out_features=dim, drop=0.0, bias=True)
-        return block
 
     def _init_trainable_weights(self) -> None:
         """Official init of bottleneck and decoder: Linear trunc_normal(0.01, ±0.03), bias 0; LayerNorm 1/0."""
@@ -379,16 +358,8 @@ class CrrModel(nn.Module):
 
     @staticmethod
     def segmentation_input(encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
-        """``S = concat_g[−norm(E_g)·norm(D_g)]``; per group its channel sum is ``−cos(E_g, D_g)``."""
-        products = []
-        for encoder_map, decoder_map in zip(encoder_maps, decoder_maps, strict=True):
-            # Norms in float32: in fp16, L2_EPS rounds to 0 and a squared-norm sum can overflow.
-            encoder_norm = torch.linalg.vector_norm(encoder_map.detach(), dim=1, keepdim=True, dtype=torch.float32)
-            decoder_norm = torch.linalg.vector_norm(decoder_map, dim=1, keepdim=True, dtype=torch.float32)
-            encoder_unit = encoder_map.detach() / (encoder_norm + L2_EPS)
-            decoder_unit = decoder_map / (decoder_norm + L2_EPS)
-            products.append(-encoder_unit * decoder_unit)
-        return torch.cat(products, dim=1)
+        """``S = concat_g[−norm(E_g)·norm(D_g)]`` (:func:`~.components.fusion.segmentation_input`)."""
+        return segmentation_input(encoder_maps, decoder_maps)
 
     def segment(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
         """Segmentation logits (B, 2, S, S) from the grouped features (float32 also under ``inference_dtype``)."""
@@ -404,18 +375,8 @@ class CrrModel(nn.Module):
 
     # ------------------------------------------------------------------ maps and scores
     def reconstruction_map(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
-        """``A_rec``: mean over groups of ``1 − cos(E_g, D_g)``, bilinearly upsampled to the seg size (B, 1, S, S)."""
-        size = (self.seg_output_size, self.seg_output_size)
-        maps = [
-            F.interpolate(
-                (1 - F.cosine_similarity(encoder_map, decoder_map, dim=1)).unsqueeze(1),
-                size=size,
-                mode="bilinear",
-                align_corners=True,
-            )
-            for encoder_map, decoder_map in zip(encoder_maps, decoder_maps, strict=True)
-        ]
-        return torch.stack(maps, dim=0).mean(dim=0)
+        """``A_rec`` at the seg size (B, 1, S, S) (:func:`~.components.fusion.reconstruction_map`)."""
+        return reconstruction_map(encoder_maps, decoder_maps, (self.seg_output_size, self.seg_output_size))
 
     def fused_map(self, encoder_maps: list[torch.Tensor], decoder_maps: list[torch.Tensor]) -> torch.Tensor:
         """``α·A_rec + (1 − α)·A_seg`` before smoothing; ``A_rec`` alone until stage II has started."""
@@ -425,13 +386,11 @@ class CrrModel(nn.Module):
         seg_map = torch.softmax(self.segment(encoder_maps, decoder_maps), dim=1)[:, 1:2]
         if alpha == 0.0:
             return seg_map
-        return alpha * self.reconstruction_map(encoder_maps, decoder_maps) + (1 - alpha) * seg_map
+        return fuse_maps(self.reconstruction_map(encoder_maps, decoder_maps), seg_map, alpha)
 
     def score(self, smoothed_map: torch.Tensor) -> torch.Tensor:
         """Image score: mean of the top ``max_ratio`` fraction of the smoothed map's values (B,)."""
-        flat = smoothed_map.flatten(1)
-        k = max(1, int(flat.shape[1] * self.max_ratio))
-        return flat.topk(k, dim=1).values.mean(dim=1)
+        return top_fraction_score(smoothed_map, self.max_ratio)
 
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
         """Training: grouped features ``(E, D)`` for the losses. Eval: ``InferenceBatch(pred_score, anomaly_map)``.
