@@ -44,6 +44,7 @@ from anomalib_crr.models.components import flatten_transforms, transform_output_
 
 from .anomaly_map import ScoreMode
 from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, ImageScore
+from .components.statistics import envelope_maximum, feature_statistics, residual_statistics
 from .torch_model import MapNorm, MFRNetModel, Partition, TestGrid
 
 logger = logging.getLogger(__name__)
@@ -416,34 +417,24 @@ class MFRNet(PluginModule):
             images = self.pre_processor.transform(images)
         return images
 
+    def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        """Sum or max ``tensor`` across DDP ranks (the identity on one process)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(tensor, reduce_op=op)
+        return tensor
+
     @torch.no_grad()
     def compute_feature_statistics(self, dataloader: Any) -> None:
         """Per-channel mean/std of the aggregated features over every training image and position.
 
         The batches come straight from the dataloader, before the pre-processor callback runs, so its
-        transform is applied here. Sums are float64 and all-reduced across DDP ranks.
+        transform is applied here (:func:`~.components.statistics.feature_statistics` does the math).
         """
         aggregator = self.model.aggregator
-        channels = aggregator.num_channels
-        total = torch.zeros(channels, dtype=torch.float64, device=self.device)
-        total_sq = torch.zeros_like(total)
-        count = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in dataloader:
-            features = aggregator.raw_features(self._images(batch)).double()
-            total += features.sum(dim=(0, 2, 3))
-            total_sq += features.pow(2).sum(dim=(0, 2, 3))
-            count += features.shape[0] * features.shape[2] * features.shape[3]
-        if self._trainer is not None and self.trainer.world_size > 1:
-            total, total_sq, count = (
-                self.trainer.strategy.reduce(t, reduce_op="sum") for t in (total, total_sq, count)
-            )
-        if count == 0:
-            msg = "The training dataloader is empty: MFRNet needs normal training images to compute feature statistics."
-            raise RuntimeError(msg)
-        mean = total / count
-        variance = (total_sq / count - mean.pow(2)).clamp_min(0)
-        aggregator.set_statistics(mean.float(), variance.sqrt().float())
-        logger.info("MFRNet feature statistics from %d positions", int(count))
+        batches = (aggregator.raw_features(self._images(batch)) for batch in dataloader)
+        mean, std, count = feature_statistics(batches, aggregator.num_channels, self.device, self._reduce)
+        aggregator.set_statistics(mean, std)
+        logger.info("MFRNet feature statistics from %d positions", count)
 
     def _can_cache(self) -> bool:
         """Features of a training image are fixed when nothing random happens to it before the backbone.
@@ -487,59 +478,22 @@ class MFRNet(PluginModule):
     def compute_map_statistics(self, dataloader: Any) -> None:
         """Residual covariance and each k's mean terms over the training images, under the test partitions.
 
-        One pass accumulates, per k, the residual second moment ``Σ_k = E[r rᵀ]`` and the mean ``1 − SSIM``; the
-        whitener and the mean squared-error term both follow from the ``Σ_k`` (see
-        :meth:`MFRNetModel.set_residual_statistics`). Sums are float64 and all-reduced over DDP ranks. With
-        ``image_score="envelope"`` a second pass scores the training images with those statistics and keeps each
-        position's maximum (max-reduced over DDP ranks).
+        :func:`~.components.statistics.residual_statistics` (sums all-reduced over DDP ranks); with
+        ``image_score="envelope"`` a second pass sets the normal envelope (:meth:`compute_envelope`).
         """
         was_training = self.model.training
         self.model.eval()
-        num_k, channels = len(self.model.cell_sizes), self.model.num_channels
-        moments = torch.zeros(num_k, channels, channels, dtype=torch.float64, device=self.device)
-        structural = torch.zeros(num_k, dtype=torch.float64, device=self.device)
-        images = torch.zeros((), dtype=torch.float64, device=self.device)
-        positions = torch.zeros((), dtype=torch.float64, device=self.device)
-        for batch in dataloader:
-            features = self._statistics_features(batch)
-            repeated, restored = self.model.test_restorations(features)
-            residual = (repeated.float() - restored.float()).view(num_k, -1, channels, *features.shape[-2:])
-            vectors = residual.permute(0, 1, 3, 4, 2).reshape(num_k, -1, channels)
-            moments += (vectors.transpose(1, 2) @ vectors).double()  # float32 products, float64 running sum
-            terms = self.model.loss.per_term(repeated, restored).view(num_k, -1, 2, *features.shape[-2:])
-            structural += terms[:, :, 1].double().mean(dim=(-2, -1)).sum(dim=1)  # summed over phases and images
-            images += features.shape[0] * self.model.num_test_phases
-            positions += vectors.shape[1]
-        if self._trainer is not None and self.trainer.world_size > 1:
-            moments, structural, images, positions = (
-                self.trainer.strategy.reduce(t, reduce_op="sum") for t in (moments, structural, images, positions)
-            )
-        if images > 0:
-            squared_mean = self.model.set_residual_statistics(moments / positions)
-            self.model.set_map_statistics(torch.stack([squared_mean, (structural / images).float()], dim=1))
-            if self.model.image_score is ImageScore.ENVELOPE:
-                self.compute_envelope(dataloader)
+        batches = (self._statistics_features(batch) for batch in dataloader)
+        fitted = residual_statistics(self.model, batches, self.device, self._reduce)
+        if fitted and self.model.image_score is ImageScore.ENVELOPE:
+            self.compute_envelope(dataloader)
         self.model.train(was_training)
 
     @torch.no_grad()
     def compute_envelope(self, dataloader: Any) -> None:
-        """Each position's maximum of the smoothed discrepancy over the training images (needs the map statistics).
-
-        Why the maximum and not a mean/σ: the per-position z-score ranked magnetic tile's images, and tire's away
-        from the border, less well than the margin over the maximum (README, W26-W27), and a maximum needs no σ
-        floor.
-        """
-        envelope = self.model.normal_envelope
-        maximum = None
-        for batch in dataloader:
-            smoothed = envelope.smooth(self.model.discrepancy(self._statistics_features(batch)).float())
-            batch_max = smoothed.amax(dim=0)
-            maximum = batch_max if maximum is None else torch.maximum(maximum, batch_max)
-        if maximum is None:
-            return
-        if self._trainer is not None and self.trainer.world_size > 1:
-            maximum = self.trainer.strategy.reduce(maximum, reduce_op="max")
-        envelope.set_envelope(maximum)
+        """Each position's maximum of the smoothed discrepancy over the training images (needs the map statistics)."""
+        batches = (self._statistics_features(batch) for batch in dataloader)
+        envelope_maximum(self.model, batches, self._reduce)
 
     def _statistics_features(self, batch: Batch) -> torch.Tensor:
         """Standardised features of a training batch for the statistics passes (cached when possible)."""
