@@ -347,9 +347,13 @@ def test_pool_re_times_inference_alone_and_says_so(smoke_pool_run: dict) -> None
         assert cost["retimed_threads"] == 2  # the config's threads, as a job alone would have
         assert cost["latency_ms"] > 0
         assert cost["latency_ms"] != cost["latency_ms_shared"]
+        assert cost["latency_measured"] == "exclusive"  # labelled by what happened: it was re-timed
+        assert cost["latency_iqr_ms"] >= 0
+        assert cost["latency_iqr_ms_shared"] >= 0
     assert not list(output.glob("jobs/*/timing_model.pt"))  # kept models are deleted after re-timing
     frame = _csv(output)
     assert frame["timing"].str.startswith("exclusive: re-timed alone").all()
+    assert (frame["latency_measured"] == "exclusive").all()
     assert "Latency and throughput timing: exclusive: re-timed alone" in (output / "report.md").read_text()
 
 

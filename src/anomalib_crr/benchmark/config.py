@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from .logs import LOGGER_MODULES, LoggerConfigError, parse_logger
+
 TOP_KEYS = {
     "name",
     "description",
@@ -44,6 +46,7 @@ TOP_KEYS = {
     "timing",
     "save_predictions",
     "executor",
+    "logger",
     "generate",
     "models",
     "datasets",
@@ -149,6 +152,8 @@ class BenchmarkConfig:
     # ``offline: {random_init: true, ...}`` at the top level: the substitutes every model without its own
     # ``offline`` section gets (see :func:`apply_defaults`).
     offline_defaults: dict[str, Any] = field(default_factory=dict)
+    # The ``logger`` key (see :mod:`.logs`): how every job logs training, ``{"kind": "auto"}`` by default.
+    logger: dict[str, Any] = field(default_factory=lambda: {"kind": "auto"})
 
 
 @dataclass
@@ -167,6 +172,8 @@ class JobSpec:
     offline: bool
     timing: dict[str, int]
     save_predictions: bool
+    # How the job logs training (see :mod:`.logs`); not part of the spec hash: logs do not change the numbers.
+    logger: dict[str, Any] = field(default_factory=lambda: {"kind": "auto"})
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable description (what the job process reads)."""
@@ -183,12 +190,14 @@ class JobSpec:
             "offline": self.offline,
             "timing": self.timing,
             "save_predictions": self.save_predictions,
+            "logger": self.logger,
         }
 
     @property
     def spec_hash(self) -> str:
         """Hash of everything that defines the job; a stored result with another hash is stale."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        defining = {k: v for k, v in self.to_dict().items() if k != "logger"}
+        return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _expand(value: Any, variables: dict[str, str], where: str) -> Any:
@@ -442,6 +451,10 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
             msg = f"{label}: model '{model.name}': datasets/per_dataset name unknown datasets {unknown}"
             raise ConfigError(msg)
     offline, offline_defaults = _parse_offline(body.get("offline", True), f"{label}: offline")
+    try:
+        logger = parse_logger(body.get("logger"), f"{label}: logger")
+    except LoggerConfigError as exc:
+        raise ConfigError(str(exc)) from None
     generate = [dict(g) for g in _as_list(body.get("generate"), "generate")]
     for i, entry in enumerate(generate):
         _check_keys(entry, GENERATE_KEYS, f"{label}: generate[{i}]")
@@ -466,6 +479,7 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         raw=raw,
         executor=dict(body.get("executor") or {}),
         offline_defaults=offline_defaults,
+        logger=logger,
     )
 
 
@@ -514,6 +528,9 @@ def validate_classes(config: BenchmarkConfig) -> None:
         if model.image_size is not None and "pre_processor" in model.init_args:
             msg = f"{where}: give either image_size or init_args.pre_processor, not both"
             raise ConfigError(msg)
+    if config.logger["kind"] == "class":
+        cls = import_class(config.logger["class_path"], LOGGER_MODULES, f"{label}: logger")
+        _check_init_args(cls, config.logger["init_args"], f"{label}: logger")
     for dataset in config.datasets:
         where = f"{label}: dataset '{dataset.name}'"
         cls = import_class(dataset.class_path, DATA_MODULES, where)
@@ -719,6 +736,7 @@ def expand_jobs(config: BenchmarkConfig, only: str | None = None) -> list[JobSpe
                                 offline=config.offline,
                                 timing=config.timing,
                                 save_predictions=config.save_predictions,
+                                logger=config.logger,
                             )
                         )
     if only:

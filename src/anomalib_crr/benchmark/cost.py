@@ -57,6 +57,41 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
 
 def median_seconds(call: Callable[[], Any], runs: int, warmup: int, device: torch.device) -> float:
     """Median wall time of ``call`` over ``runs`` timed passes after ``warmup`` untimed ones."""
+    return statistics.median(timed_seconds(call, runs, warmup, device))
+
+
+def iqr(times: list[float]) -> float:
+    """Interquartile range (Q3 - Q1, inclusive quartiles) of timed passes; 0 for fewer than two.
+
+    Why: the median alone cannot show that other work ran while timing; a wide IQR does.
+    """
+    if len(times) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return q3 - q1
+
+
+def latency_measured(cost: dict[str, Any]) -> str:
+    """How a result's latency was measured: ``exclusive``, ``shared`` or ``retime-failed``.
+
+    Why a label of its own: the free-text ``timing`` note says how the executor *meant* to time (``pool`` says
+    "re-timed alone after the run"), but a run stopped before re-timing keeps figures measured on shared cores.
+    The label says what happened: ``exclusive`` only when the job ran alone (``local``, one worker, a GPU of its
+    own) or was actually re-timed alone (``retimed_threads`` is set); ``retime-failed`` when the re-timing
+    failed; ``shared`` otherwise.
+    """
+    if cost.get("latency_measured") == "retime-failed":
+        return "retime-failed"
+    if "retimed_threads" in cost:
+        return "exclusive"
+    timing = str(cost.get("timing") or "exclusive: one job at a time on this machine")
+    if timing.startswith("exclusive") and "re-timed alone" not in timing:
+        return "exclusive"
+    return "shared"
+
+
+def timed_seconds(call: Callable[[], Any], runs: int, warmup: int, device: torch.device) -> list[float]:
+    """Wall times of ``runs`` timed passes of ``call`` after ``warmup`` untimed ones."""
     sync = _synchronizer(device)
     times = []
     with torch.inference_mode():
@@ -67,7 +102,7 @@ def median_seconds(call: Callable[[], Any], runs: int, warmup: int, device: torc
             sync()
             if index >= warmup:
                 times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def reset_peak_memory(device: torch.device) -> None:

@@ -135,11 +135,12 @@ def markdown_to_html(lines: Sequence[str], folder: Path) -> str:
     return "\n".join(out)
 
 
-def write_html(lines: Sequence[str], folder: Path, title: str) -> Path:
-    """Write ``report.html`` next to ``report.md`` from the same markdown lines."""
+def write_html(lines: Sequence[str], folder: Path, title: str, stamp: str = "") -> Path:
+    """Write ``report.html`` next to ``report.md`` from the same markdown lines (``stamp``: a comment at its top)."""
     body = markdown_to_html(lines, folder)
+    comment = f"<!-- {html.escape(stamp)} -->\n" if stamp else ""
     page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<!DOCTYPE html>\n{comment}<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
         f"<script>{SCRIPT}</script>\n</body></html>\n"
     )

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 import traceback
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .executors.base import EXECUTION_ENV, KEEP_TIMING_ENV, THREADS_ENV
+from .logs import build_logger
 from .samples import SampleRecorder
 
 RESULT = "result.json"
@@ -208,7 +210,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
         "accelerator": job["accelerator"],
         "devices": 1,
         "precision": job["precision"],
-        "logger": False,
+        "logger": build_logger(job.get("logger"), job_dir),  # training curves in <job>/logs (see .logs)
         "enable_progress_bar": False,
         **spec["trainer"],
     }
@@ -248,6 +250,8 @@ def run_job(job_file: Path) -> dict[str, Any]:
         recorder.save(job_dir / PREDICTIONS)
     pictures = samples.save(job_dir)
 
+    # Timing runs outside the trainer: Lightning finalised (flushed and closed) the logger when test ended, so
+    # no log writer competes with the timed passes.
     model.eval().to(device)
     images = next(iter(datamodule.test_dataloader())).image.to(device)
     batch_size = int(getattr(datamodule, "eval_batch_size", images.shape[0]))
@@ -263,14 +267,15 @@ def run_job(job_file: Path) -> dict[str, Any]:
             macs = math.nan
             notes.append(f"MACs not counted: {type(exc).__name__}: {exc}")
         runs, warmup = job["timing"]["runs"], job["timing"]["warmup"]
-        latency = cost.median_seconds(lambda: model(single), runs, warmup, device)
+        latency_times = cost.timed_seconds(lambda: model(single), runs, warmup, device)
+        latency = statistics.median(latency_times)
         batch_time = cost.median_seconds(lambda: model(eval_batch), runs, warmup, device)
     peak_infer = cost.peak_memory_mb(device)
     total, _ = cost.parameter_counts(model)
     if os.environ.get(KEEP_TIMING_ENV):
         _keep_for_timing(job_dir, model, single, eval_batch, notes)
 
-    result = {
+    result: dict[str, Any] = {
         "status": "ok",
         "job_id": job["job_id"],
         "model": spec["name"],
@@ -295,6 +300,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
             "peak_mem_train_mb": peak_train,
             "peak_mem_infer_mb": peak_infer,
             "rss_baseline_mb": rss_baseline,
+            "latency_iqr_ms": cost.iqr(latency_times) * 1000,
             "timing": execution_info()["timing"],
         },
         "settings": {
@@ -321,6 +327,7 @@ def run_job(job_file: Path) -> dict[str, Any]:
         "log": str(job_dir / "log.txt"),
         "spec_hash": job["spec_hash"],
     }
+    result["cost"]["latency_measured"] = cost.latency_measured(result["cost"])
     shutil.rmtree(engine_root, ignore_errors=True)  # checkpoints are not part of the benchmark
     return result
 

@@ -8,8 +8,9 @@ categories of each metric (the multi-class convention; mAD of the mean row is th
 For per-category jobs each category has its own cost; the mean row's cost columns are the mean over those
 jobs. ``results.csv`` keeps one row per seed; the report's tables average over seeds and give every metric as
 mean ± standard deviation over seeds with n, the seed count (see :mod:`.stats`), so seed noise is never
-hidden in a single number. Each row also records how many test images its metrics are on. Numbers are
-written from the result files only.
+hidden in a single number. Each row also records how many test images its metrics are on, and how its latency
+was measured with the spread of the timed passes (``latency_measured``, ``latency_iqr_ms``). Numbers are
+written from the result files only, and every file of a report is written as one unit (see :mod:`.atomic`).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import shutil
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .atomic import MANIFEST
 from .config import BenchmarkConfig, JobSpec
+from .cost import latency_measured
 from .defects import DEFECTS_CSV, defect_type_lines, defect_type_rows, write_defect_csv
 from .metrics import MAD, METRICS, mean_rows
 from .paper import TEX, WIDE_CSV, write_paper_outputs
@@ -41,6 +45,9 @@ COST_COLUMNS = (
     "peak_mem_train_mb",
     "peak_mem_infer_mb",
 )
+# How each latency was measured (``exclusive``, ``shared``, ``retime-failed``; see :func:`.cost.latency_measured`)
+# and its spread: the interquartile range of the timed passes whose median is ``latency_ms``.
+LATENCY_COLUMNS = ("latency_iqr_ms", "latency_measured")
 SETTING_COLUMNS = ("weights", "device", "precision", "threads", "torch", "anomalib", "input_size", "executor", "timing")
 # Results written before the executors existed ran one job at a time.
 DEFAULT_TIMING = "exclusive: one job at a time on this machine"
@@ -73,6 +80,7 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             row["input_size"] = "x".join(str(s) for s in settings.get("input_size") or [])
             row["executor"] = (result.get("execution") or {}).get("executor", "local")
             row["timing"] = result["cost"].get("timing", DEFAULT_TIMING)
+            row.update(_latency_cells(result["cost"]))
             row.update(_test_set_cells(result, category))
             rows.append(row)
             groups[(result["model"], result["dataset"], result["mode"], result["seed"])].append(row)
@@ -89,6 +97,8 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "category": MEAN,
                 **mean,
                 **costs,
+                "latency_iqr_ms": _mean([m["latency_iqr_ms"] for m in members]),
+                "latency_measured": _labels(m["latency_measured"] for m in members),
                 **{name: first[name] for name in SETTING_COLUMNS},
                 "job_id": ";".join(dict.fromkeys(m["job_id"] for m in members)),
                 "test_images": _sum_or_none([m["test_images"] for m in members]),
@@ -97,6 +107,25 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _latency_cells(cost: dict[str, Any]) -> dict[str, Any]:
+    """How a job's latency was measured and its IQR (NaN for results written before the IQR was recorded)."""
+    iqr = cost.get("latency_iqr_ms")
+    return {
+        "latency_iqr_ms": math.nan if iqr is None else float(iqr),
+        "latency_measured": cost.get("latency_measured") or latency_measured(cost),
+    }
+
+
+def _row_label(row: dict[str, Any]) -> str:
+    """A row's latency label; one from before the column existed is derived from its ``timing`` note."""
+    return str(row.get("latency_measured") or latency_measured({"timing": row.get("timing")}))
+
+
+def _labels(values: Any) -> str:
+    """Distinct labels in first-seen order, joined with ``+`` (``shared+exclusive`` when jobs differ)."""
+    return "+".join(dict.fromkeys(str(v) for v in values))
 
 
 def _test_set_cells(result: dict[str, Any], category: str) -> dict[str, Any]:
@@ -132,6 +161,9 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[name], entry[f"{name}_std"], _ = seed_stats([m[name] for m in members])
         for name in COST_COLUMNS:
             entry[name] = _mean([m[name] for m in members])
+        # .get: rows of a results.json written before the latency columns existed (see publish.py) have neither.
+        entry["latency_iqr_ms"] = _mean([m.get("latency_iqr_ms") for m in members])
+        entry["latency_measured"] = _labels(label for m in members for label in _row_label(m).split("+"))
         entry.update({name: members[0][name] for name in SETTING_COLUMNS})
         out.append(entry)
     return sorted(out, key=lambda r: (-_sortable(r[MAD]), r["model"]))
@@ -175,7 +207,7 @@ SUMMARY_HEADER = {
     "params_M": "params M",
     "trainable_params_M": "trainable M",
     "macs_G": "GMACs/img",
-    "latency_ms": "latency ms (b=1)",
+    "latency_ms": "latency ms (b=1; IQR, how measured)",
     "throughput_img_s": "img/s (eval batch)",
     "peak_mem_train_mb": "peak mem train MiB",
     "peak_mem_infer_mb": "peak mem infer MiB",
@@ -195,7 +227,22 @@ def _cell(row: dict[str, Any], key: str) -> Any:
     """A metric as ``mean ± std`` over seeds (the mean alone for one seed); a cost column as its mean."""
     if f"{key}_std" in row:
         return format_mean_std(row[key], row[f"{key}_std"])
+    if key == "latency_ms":
+        return latency_cell(row)
     return _int_if(key, row[key])
+
+
+def latency_cell(row: dict[str, Any]) -> str:
+    """The median latency with its spread, e.g. ``9.30 (IQR 0.41, exclusive)``.
+
+    Why: a median alone hides a machine that was busy while timing; the interquartile range of the timed passes
+    and how they were measured (``exclusive``, ``shared``, ``retime-failed``) say how far to trust it. The text
+    starts with the median, so the HTML table still sorts the column by it.
+    """
+    median = _fmt(row.get("latency_ms"))
+    iqr = row.get("latency_iqr_ms")
+    spread = "IQR n/a" if iqr is None or math.isnan(iqr) else f"IQR {_fmt(float(iqr))}"
+    return f"{median} ({spread}, {row.get('latency_measured') or 'unknown'})"
 
 
 def summary_table(summary: Sequence[dict[str, Any]]) -> list[str]:
@@ -326,23 +373,55 @@ def bootstrap_lines(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Sequence[dict[str, Any]]) -> list[str]:
-    """Write results.csv/.json, report.md and the plots into the run folder; returns the markdown lines."""
+    """Write results.csv/.json, report.md/.html, the paper outputs and the pictures as one unit; returns the lines.
+
+    Why one unit: a reader of the run folder must never find this run's ``results.csv`` next to the last run's
+    ``report.md``. Every file is written into a staging folder first and moved into the run folder only once all
+    exist (see :mod:`.atomic`); an error before that leaves the previous report as it was. Pictures are the one
+    optional part: if drawing them fails, the report says so in their section, ``manifest.json`` records the
+    error under ``failed``, and the previous pictures are removed rather than left beside newer tables.
+    """
+    from . import atomic
+
+    out = config.output
+    stage = atomic.start(out)
+    try:
+        written = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        lines, failed = _write_all(config, jobs, results, stage, written)
+        atomic.commit(out, written, failed)
+    except BaseException:
+        atomic.discard(out)
+        raise
+    return lines
+
+
+def _write_all(
+    config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Sequence[dict[str, Any]], stage: Path, written: str
+) -> tuple[list[str], dict[str, str]]:
+    """Write every report file into ``stage``; returns the markdown lines and the sections that failed."""
     import pandas as pd
 
     from .html_report import write_html
-    from .pictures import write_pictures
     from .plots import write_plots
 
     out = config.output
     rows = result_rows(results)
-    columns = [*KEY_COLUMNS, *METRICS, MAD, *TEST_SET_COLUMNS, *COST_COLUMNS, *SETTING_COLUMNS, "job_id"]
-    pd.DataFrame(rows, columns=columns).to_csv(out / "results.csv", index=False)
+    columns = [
+        *KEY_COLUMNS,
+        *METRICS,
+        MAD,
+        *TEST_SET_COLUMNS,
+        *COST_COLUMNS,
+        *LATENCY_COLUMNS,
+        *SETTING_COLUMNS,
+        "job_id",
+    ]
+    pd.DataFrame(rows, columns=columns).to_csv(stage / "results.csv", index=False)
     failed = [r for r in results if r.get("status") != "ok"]
     skipped = [{"model": m.name, "reason": m.skip} for m in config.models if m.skip]
     missing = sorted({j.job_id for j in jobs} - {r["job_id"] for r in results})
-    written = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    write_defect_csv(defect_type_rows(results, out), out / DEFECTS_CSV)
-    write_paper_outputs(summary_rows(rows), rows, out, config.name, written)
+    write_defect_csv(defect_type_rows(results, out), stage / DEFECTS_CSV)
+    write_paper_outputs(summary_rows(rows), rows, stage, config.name, written)
     payload = {
         "config": config.name,
         "written": written,
@@ -353,17 +432,44 @@ def write_outputs(config: BenchmarkConfig, jobs: Sequence[JobSpec], results: Seq
         "not_run": missing,
         "runs": _runs(out),
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
-    plots = write_plots(rows, out)
-    try:
-        pictures, picture_error = write_pictures(out, jobs, results), None
-    except Exception as exc:  # the pictures are an extra: a failure must not cost the tables
-        pictures, picture_error = {}, f"{type(exc).__name__}: {exc}"
-    lines = report_lines(config, rows, results, skipped, missing, plots)
+    (stage / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    plots = write_plots(rows, stage)
+    pictures, picture_error = _staged_pictures(stage, jobs, results)
+    lines = report_lines(config, rows, results, skipped, missing, plots, written)
     lines = _with_pictures(lines, pictures, picture_error)
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    write_html(lines, out, f"Benchmark {config.name}")
-    return lines
+    stamp = f"written {written}; files of this report: {MANIFEST}"
+    (stage / "report.md").write_text(f"<!-- {stamp} -->\n" + "\n".join(lines) + "\n")
+    write_html(lines, stage, f"Benchmark {config.name}", stamp)
+    return lines, ({"pictures": picture_error} if picture_error else {})
+
+
+def _staged_pictures(
+    stage: Path, jobs: Sequence[JobSpec], results: Sequence[dict[str, Any]]
+) -> tuple[dict[tuple[str, str], dict[str, Any]], str | None]:
+    """Draw the pictures in a folder of their own, then add them to ``stage``; on failure, none and the error.
+
+    Why a folder of their own: a failure after some grids were drawn must not leave those few in the report.
+    """
+    from . import pictures as drawing
+
+    folder = stage / "pictures.tmp"
+    folder.mkdir()
+    try:
+        pictures = drawing.write_pictures(folder, jobs, results)
+    except Exception as exc:  # the pictures are an extra: a failure must not cost the tables
+        shutil.rmtree(folder, ignore_errors=True)
+        return {}, f"{type(exc).__name__}: {exc}"
+    for path in folder.iterdir():
+        path.replace(stage / path.name)
+    folder.rmdir()
+    moved = {
+        key: {
+            "grids": [stage / g.name for g in entry["grids"]],
+            "scores": None if entry["scores"] is None else stage / entry["scores"].name,
+        }
+        for key, entry in pictures.items()
+    }
+    return moved, None
 
 
 def _with_pictures(
@@ -406,10 +512,12 @@ def _where(result: dict[str, Any]) -> str:
     """Where the job ran and how its latency was timed."""
     execution = result.get("execution") or {}
     devices = execution.get("cuda_visible_devices")
+    cells = _latency_cells(result["cost"])
     return (
         f"- ran on '{execution.get('executor', 'local')}' at {execution.get('host', 'this machine')}"
         f"{f', CUDA_VISIBLE_DEVICES={devices}' if devices else ''}, {execution.get('threads', '?')} threads; "
-        f"timing: {result['cost'].get('timing', DEFAULT_TIMING)}"
+        f"timing: {result['cost'].get('timing', DEFAULT_TIMING)}; latency measured: {cells['latency_measured']}, "
+        f"median {_fmt(result['cost'].get('latency_ms'))} ms, IQR {_fmt(cells['latency_iqr_ms'])} ms"
     )
 
 
@@ -425,8 +533,9 @@ def report_lines(
     skipped: Sequence[dict[str, Any]],
     missing: Sequence[str],
     plots: Sequence[Path],
+    written: str = "",
 ) -> list[str]:
-    """The markdown report."""
+    """The markdown report (``written``: the report's time stamp, shown at its top)."""
     ok = [r for r in results if r.get("status") == "ok"]
     lines = [f"# Benchmark `{config.name}`", ""]
     if config.description:
@@ -435,6 +544,8 @@ def report_lines(
         (r["settings"]["device"], r["settings"]["threads"], r["settings"]["torch"], r["settings"]["anomalib"])
         for r in ok
     }
+    if written:
+        lines.append(f"- Report written {written} (UTC); `{MANIFEST}` lists every file of this report with its sha256")
     for device, threads, torch_v, anomalib_v in sorted(envs, key=str):
         lines.append(f"- Device: {device}; {threads} torch threads; torch {torch_v}, anomalib {anomalib_v}")
     for run in _runs(config.output):
@@ -455,7 +566,10 @@ def report_lines(
         "per seed.",
         "- Cost: MACs from `torch.utils.flop_counter.FlopCounterMode` (matmul/conv/attention, MAC = FLOP/2) on one "
         "pre-processed image; latency = median `AnomalibModule.forward` (pre-processing, model, post-processing) "
-        "at batch 1, throughput at the eval batch size; peak memory = process peak RSS on CPU (includes "
+        "at batch 1, with the interquartile range (IQR) of its timed passes and how it was measured: `exclusive` "
+        "(timed alone on this machine, or re-timed alone after a shared run), `shared` (other jobs shared the "
+        "cores) or `retime-failed` (re-timing alone failed; the shared figure stays); throughput at the eval batch "
+        "size; peak memory = process peak RSS on CPU (includes "
         "interpreter + libraries), `torch.cuda.max_memory_allocated` on GPU; trainable = parameters in the "
         "optimizers.",
         f"- Also written: `{TEX}` (this mean table for a paper: booktabs, percent, best per column in bold), "

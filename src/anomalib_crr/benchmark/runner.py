@@ -10,6 +10,7 @@ Layout of a run folder (``--output``, default ``results/benchmark/<config name>`
     jobs/<job id>/log.txt           its stdout and stderr
     jobs/<job id>/result.json       written when it ends: metrics per category and cost, or the error
     results.csv, results.json, report.md, *.png, runs.jsonl (wall time of every invocation)
+    manifest.json                   the report's time stamp and every report file's sha256 (see .atomic)
 
 A finished job (``status: ok`` and the same spec hash) is skipped on the next run unless ``rerun``; a
 result whose job definition changed is never overwritten silently: the run stops before any job and asks
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import finish_pending
 from .config import (
     BenchmarkConfig,
     ConfigError,
@@ -38,6 +40,7 @@ from .config import (
 )
 from .executors import Executor, ExecutorOptions, Submission, make_executor, parse_executor
 from .job import RESULT, moved_test_images_message, write_result
+from .logs import describe_logger
 from .progress import ProgressBoard, describe, format_seconds
 from .retime import retime_alone
 
@@ -259,6 +262,7 @@ def run(
     validate_classes(cfg)
     for line in apply_defaults(cfg):
         echo(line)
+    echo(describe_logger(cfg.logger))
     all_jobs = expand_jobs(cfg)
     jobs = expand_jobs(cfg, only)
     if not jobs:
@@ -266,6 +270,8 @@ def run(
         raise ConfigError(msg)
     _check_stale(cfg.output, jobs, rerun)
     cfg.output.mkdir(parents=True, exist_ok=True)
+    if finish_pending(cfg.output):  # a report committed by a process killed while moving its files
+        echo(f"completed the report a stopped run left in {cfg.output}")
     _generate(cfg, echo)
     check_paths(cfg)
     summary = RunSummary(output=cfg.output, executor=options.name)
