@@ -72,6 +72,16 @@ PER_DATASET_KEYS = {"trainer", "datamodule", "init_args"}
 DATASET_KEYS = {"name", "class_path", "init_args", "categories", "mode", "notes"}
 GENERATE_KEYS = {"name", "categories", "num_train", "num_test_good", "num_test_defect", "image_size", "seed"}
 TIMING_KEYS = {"runs", "warmup"}
+# Defaults of the keys a config may leave out; load_config reads them from here and so does the schema page
+# (``docs/benchmark_config.md``, see :mod:`.schema_docs`), so the page cannot state another default.
+TIMING_DEFAULTS = {"runs": 10, "warmup": 2}
+TOP_DEFAULTS: dict[str, Any] = {
+    "seeds": [0],
+    "accelerator": "auto",
+    "precision": "32-true",
+    "offline": True,
+    "save_predictions": False,
+}
 OFFLINE_KEYS = {"backbone_weights", "random_init", "efficientad_random_teacher"}
 MODES = ("per_category", "multiclass")
 # Keys the benchmark sets itself; a config must not set them in init_args.
@@ -426,7 +436,7 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         variables[str(key)] = text
     body = _expand({k: v for k, v in raw.items() if k != "vars"}, variables, label)
 
-    timing = {"runs": 10, "warmup": 2, **(body.get("timing") or {})}
+    timing = {**TIMING_DEFAULTS, **(body.get("timing") or {})}
     _check_keys(timing, TIMING_KEYS, f"{label}: timing")
     if int(timing["runs"]) < 10:
         msg = f"{label}: timing.runs must be >= 10 (median of at least ten timed passes), got {timing['runs']}"
@@ -450,7 +460,7 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         if unknown:
             msg = f"{label}: model '{model.name}': datasets/per_dataset name unknown datasets {unknown}"
             raise ConfigError(msg)
-    offline, offline_defaults = _parse_offline(body.get("offline", True), f"{label}: offline")
+    offline, offline_defaults = _parse_offline(body.get("offline", TOP_DEFAULTS["offline"]), f"{label}: offline")
     try:
         logger = parse_logger(body.get("logger"), f"{label}: logger")
     except LoggerConfigError as exc:
@@ -466,13 +476,13 @@ def load_config(source: str | Path | dict[str, Any], output: str | Path | None =
         path=path,
         description=str(body.get("description") or ""),
         output=out,
-        seeds=[int(s) for s in _as_list(body.get("seeds", [0]), "seeds")],
-        accelerator=str(body.get("accelerator", "auto")),
-        precision=str(body.get("precision", "32-true")),
+        seeds=[int(s) for s in _as_list(body.get("seeds", TOP_DEFAULTS["seeds"]), "seeds")],
+        accelerator=str(body.get("accelerator", TOP_DEFAULTS["accelerator"])),
+        precision=str(body.get("precision", TOP_DEFAULTS["precision"])),
         threads=body.get("threads"),
         offline=offline,
         timing={k: int(v) for k, v in timing.items()},
-        save_predictions=bool(body.get("save_predictions", False)),
+        save_predictions=bool(body.get("save_predictions", TOP_DEFAULTS["save_predictions"])),
         generate=generate,
         models=models,
         datasets=datasets,

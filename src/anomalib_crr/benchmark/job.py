@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""One benchmark job, run in its own process: ``python -m anomalib_crr.benchmark.job <job_dir>/job.json``.
+"""One benchmark job, run in its own process: ``python -m anomalib_crr.benchmark.job_main <job_dir>/job.json``.
 
 A job builds its datamodule and model from the config entry, applies the model's offline substitutes, fits
 and tests with anomalib's ``Engine`` (the model's evaluator replaced by the seven-metric one, see

@@ -26,6 +26,10 @@ import matplotlib.pyplot as plt
 
 MEAN = "mean"
 OFFSETS = [(8, 8), (8, -14), (-8, 8), (-8, -14), (0, 14), (0, -18), (14, 0), (-14, 0), (20, 20), (-20, -24)]
+# Mantissas of the labelled latency ticks, sparsest first: the first set that puts at least MIN_TICKS ticks in
+# the axis range is used (1-2-5 steps for a narrow range, decades for a wide one).
+TICK_MANTISSAS = [(1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)]
+MIN_TICKS = 3
 
 
 def _settings(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -73,8 +77,46 @@ def _place_labels(ax: Any, points: list[tuple[float, float, str]]) -> None:
         occupied.append(chosen)
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """Tick positions for a log axis from ``low`` to ``high`` with at least :data:`MIN_TICKS` of them.
+
+    Why: matplotlib's log axis labels decades only, so latencies of 8 to 11 ms (x-range 4 to 23 ms) got the
+    single label "10", and a reader could not tell 9 ms from 20 ms. Labelling the decades' 1-2-5 (or finer)
+    points when there are too few decades keeps at least three readable numbers on every panel.
+
+    Args:
+        low: Lower end of the axis (> 0).
+        high: Upper end of the axis (> ``low``).
+
+    Returns:
+        Increasing positions inside ``[low, high]``; the densest set of :data:`TICK_MANTISSAS` when even that one
+        gives fewer than :data:`MIN_TICKS` (then the range is less than a factor of about 1.5).
+    """
+    ticks: list[float] = []
+    for mantissas in TICK_MANTISSAS:
+        ticks = [
+            m * 10.0**exponent
+            for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+            for m in mantissas
+            if low <= m * 10.0**exponent <= high
+        ]
+        if len(ticks) >= MIN_TICKS:
+            break
+    return ticks
+
+
 def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Scatter of mAD vs batch-1 latency, one labelled point per model, a panel per dataset setting."""
+    fig = latency_figure(rows)
+    if fig is None:
+        return None
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def latency_figure(rows: Sequence[dict[str, Any]]) -> Any:
+    """The figure :func:`accuracy_vs_latency` saves (``None`` without mean rows); the caller closes it."""
     means = [r for r in rows if r["category"] == MEAN]
     settings = _settings(means)
     if not settings:
@@ -95,7 +137,7 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
             ax.scatter([x], [y], s=60, color=colors[model], label=model, edgecolor="black", linewidth=0.5, zorder=3)
             points.append((x, y, model))
         ax.set_xscale("log")
-        # Plain numbers on the major ticks only: log-axis minor labels (3x10^3, 4x10^3, ...) collide.
+        # Plain numbers on the major ticks only (see log_ticks): log-axis minor labels (3x10^3, ...) collide.
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("latency per image at batch 1 (ms, log scale)")
@@ -105,6 +147,7 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
         if points:
             xs, ys = [p[0] for p in points], [p[1] for p in points]
             ax.set_xlim(min(xs) / 2.2, max(xs) * 2.2)
+            ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(log_ticks(min(xs) / 2.2, max(xs) * 2.2)))
             span = max(max(ys) - min(ys), 0.05)
             ax.set_ylim(min(ys) - 0.35 * span, max(ys) + 0.35 * span)
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="model")
@@ -112,9 +155,7 @@ def accuracy_vs_latency(rows: Sequence[dict[str, Any]], path: Path) -> Path | No
     fig.tight_layout()
     for ax, points in to_label:  # after the layout, so the overlap checks see the final positions
         _place_labels(ax, points)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return fig
 
 
 def image_auroc_bars(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:

@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-crr developers
 # SPDX-License-Identifier: Apache-2.0
 
-"""Re-time a finished job's inference alone: ``python -m anomalib_crr.benchmark.retime <job_dir>``.
+"""Re-time a finished job's inference alone: ``python -m anomalib_crr.benchmark.retime_main <job_dir>``.
 
 Jobs that ran concurrently on the same CPU timed their inference while other jobs competed for the cores, so
 their latency and throughput are not the model's. With ``pool`` on CPU each job keeps its trained model
@@ -79,7 +79,7 @@ def retime_alone(job_dirs: list[Path], offline: bool, echo: Callable[[str], None
     log_path = pending[0].parent.parent / "retime_log.txt"
     with log_path.open("a") as log:
         subprocess.call(
-            [sys.executable, "-m", "anomalib_crr.benchmark.retime", *map(str, pending)],
+            [sys.executable, "-m", "anomalib_crr.benchmark.retime_main", *map(str, pending)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=job_environment(offline),

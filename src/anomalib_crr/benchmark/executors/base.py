@@ -3,7 +3,7 @@
 
 """What every executor shares: the job process command, its environment, and the submission handle.
 
-Every executor runs the same thing, ``python -m anomalib_crr.benchmark.job <job_dir>/job.json``, in a process
+Every executor runs the same thing, ``python -m anomalib_crr.benchmark.job_main <job_dir>/job.json``, in a process
 of its own (a local child, a process started by a Ray task, a SLURM job step), so a crash or an out-of-memory
 kill ends that job only, and a job behaves the same wherever it runs. Executors differ only in where that
 process starts and how its ``result.json`` and ``log.txt`` reach the run folder.
@@ -37,8 +37,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def job_command(job_file: Path | str) -> list[str]:
-    """The command that runs one job (the same on every executor)."""
-    return [sys.executable, "-m", "anomalib_crr.benchmark.job", str(job_file)]
+    """The command that runs one job (the same on every executor).
+
+    It runs :mod:`..job_main`, not ``job`` itself: the package imports ``job`` before ``-m`` would run it, and
+    runpy then warns in every job log (see :mod:`..job_main`).
+    """
+    return [sys.executable, "-m", "anomalib_crr.benchmark.job_main", str(job_file)]
 
 
 def job_environment(offline: bool, extra: dict[str, str] | None = None) -> dict[str, str]:

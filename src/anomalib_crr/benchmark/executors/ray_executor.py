@@ -5,7 +5,7 @@
 
 The task asks for the job's resources (``{gpus, cpus, memory_gb}``: the model entry's, else the executor
 section's, else 1 CPU). On the worker it writes ``job.json`` into a private temporary folder, runs
-``python -m anomalib_crr.benchmark.job`` there (so a crash or OOM kills that process, not the worker), and
+``python -m anomalib_crr.benchmark.job_main`` there (so a crash or OOM kills that process, not the worker), and
 returns the exit code with the job's files (``result.json``, ``log.txt``, ``predictions.pt``) as bytes; the
 driver writes them into the run folder. Nodes therefore need no shared filesystem, only the datasets at the
 paths the config names and this package installed.

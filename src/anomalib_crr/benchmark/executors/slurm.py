@@ -3,7 +3,7 @@
 
 """``slurm``: one SLURM job per benchmark job, submitted through ``submitit``.
 
-Each SLURM job runs the same job process (``python -m anomalib_crr.benchmark.job``) and writes its
+Each SLURM job runs the same job process (``python -m anomalib_crr.benchmark.job_main``) and writes its
 ``result.json`` and ``log.txt`` straight into the run folder, so the run folder must be on a filesystem the
 compute nodes share with the submitting node (as ``$HOME`` or ``/scratch`` are on most clusters); submitit's
 own files (sbatch script, stdout/stderr, pickles) go to ``<run>/slurm/``.
