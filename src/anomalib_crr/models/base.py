@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.models.components import AnomalibModule
 from anomalib.pre_processing import PreProcessor
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Normalize, Transform
@@ -38,8 +37,13 @@ from anomalib_crr.deploy.export import Opset18OnnxExport
 from .components import ValidatesAtFitEnd, flatten_transforms
 
 
-class PluginModule(Opset18OnnxExport, ValidatesAtFitEnd, AnomalibModule):
-    """Shared base of the plugin's Lightning modules (see the module docstring)."""
+class PluginModule(Opset18OnnxExport, ValidatesAtFitEnd):
+    """Shared base of the plugin's Lightning modules (see the module docstring).
+
+    A mixin, not an ``AnomalibModule`` subclass: each model still names ``AnomalibModule`` as a direct base
+    (``class CRR(PluginModule, AnomalibModule)``), because anomalib finds models through
+    ``AnomalibModule.__subclasses__()``, which lists direct subclasses only (``get_model("crr")``, ``--model CRR``).
+    """
 
     checkpoint_enums: ClassVar[tuple[Any, ...]] = ()
     checkpoint_load_defaults: ClassVar[dict[str, Any]] = {}

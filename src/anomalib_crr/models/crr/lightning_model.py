@@ -37,6 +37,7 @@ import torch.nn.functional as F  # noqa: N812
 from anomalib.data import Batch
 from anomalib.data.utils import download_and_extract
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.models.image.dinomaly.components import StableAdamW, WarmCosineScheduler
 from anomalib.models.image.draem.lightning_model import DTD_DOWNLOAD_INFO
 from anomalib.post_processing import PostProcessor
@@ -93,7 +94,7 @@ CNN_IMAGE_SIZE = 256  # the CNN path's default: a plain resize (no crop), as PaD
 DEFAULT_ENCODER = "vit_base_patch14_reg4_dinov2"
 
 
-class CRR(PluginModule):
+class CRR(PluginModule, AnomalibModule):
     """CRR Lightning module.
 
     Args:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
@@ -79,7 +80,7 @@ LEGACY_HPARAMS: dict[str, Any] = {
 }
 
 
-class MFRNet(PluginModule):
+class MFRNet(PluginModule, AnomalibModule):
     """MFRNet Lightning module.
 
     Defaults are the best configuration measured on MVTec 3D-AD ``tire`` (see the model README's ablation
