@@ -27,6 +27,7 @@ from .stats import seed_stats
 TEX = "report.tex"
 WIDE_CSV = "results_wide.csv"
 MEAN = "mean"  # the category of the mean-over-categories rows (report.MEAN)
+#: Short column names of the accuracy metrics (the report's mean table uses them too).
 TEX_HEADER = {
     "image_AUROC": "I-AUROC",
     "image_AP": "I-AP",

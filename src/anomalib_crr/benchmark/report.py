@@ -29,7 +29,7 @@ from .config import BenchmarkConfig, JobSpec
 from .cost import latency_measured
 from .defects import DEFECTS_CSV, defect_type_lines, defect_type_rows, write_defect_csv
 from .metrics import MAD, METRICS, mean_rows
-from .paper import TEX, WIDE_CSV, write_paper_outputs
+from .paper import TEX, TEX_HEADER, WIDE_CSV, write_paper_outputs
 from .stats import BOOTSTRAP_SAMPLES, bootstrap_image_auroc, format_mean_std, seed_stats
 
 COST_COLUMNS = (
@@ -196,14 +196,7 @@ def _table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
 
 
 SUMMARY_HEADER = {
-    "image_AUROC": "I-AUROC",
-    "image_AP": "I-AP",
-    "image_F1Max": "I-F1max",
-    "pixel_AUROC": "P-AUROC",
-    "pixel_AP": "P-AP",
-    "pixel_F1Max": "P-F1max",
-    "pixel_AUPRO": "P-AUPRO",
-    MAD: "mAD",
+    **TEX_HEADER,
     "params_M": "params M",
     "trainable_params_M": "trainable M",
     "macs_G": "GMACs/img",

@@ -49,14 +49,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
 from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .raw_input import RAW_RESIZE_KEY, first_resize, fit_raw_image, ir_raw_resize, resize_spec, static_input_size
+from .raw_input import (
+    RAW_RESIZE_KEY,
+    first_resize,
+    fit_raw_image,
+    ir_raw_resize,
+    leaf_transforms,
+    resize_spec,
+    static_input_size,
+)
 
 if TYPE_CHECKING:
     from anomalib.data import NumpyImageBatch
@@ -113,22 +120,10 @@ def _float(value: Any, default: float = float("nan")) -> float:
         return default
 
 
-def _flatten(transform: Any) -> Iterator[Any]:
-    """Leaf transforms of a (nested) ``Compose``, in order."""
-    if transform is None:
-        return
-    inner = getattr(transform, "transforms", None)
-    if isinstance(inner, (list, tuple)):
-        for item in inner:
-            yield from _flatten(item)
-    else:
-        yield transform
-
-
 def _pre_processor_transforms(model: AnomalibModule) -> list[Any]:
     pre_processor = getattr(model, "pre_processor", None)
     transform = getattr(pre_processor, "export_transform", None) or getattr(pre_processor, "transform", None)
-    return list(_flatten(transform))
+    return list(leaf_transforms(transform))
 
 
 def _resize_settings(transforms: list[Any]) -> tuple[str, str]:

@@ -33,14 +33,14 @@ from torchvision.transforms.v2 import InterpolationMode, Resize
 RAW_RESIZE_KEY = ["anomalib", "raw_resize"]
 
 
-def _leaves(transform: Any) -> Iterator[Any]:
+def leaf_transforms(transform: Any) -> Iterator[Any]:
     """Leaf transforms of a (nested) ``Compose``, in order (duck-typed: any object with a ``transforms`` list)."""
     if transform is None:
         return
     inner = getattr(transform, "transforms", None)
     if isinstance(inner, (list, tuple)):
         for item in inner:
-            yield from _leaves(item)
+            yield from leaf_transforms(item)
     else:
         yield transform
 
@@ -48,7 +48,7 @@ def _leaves(transform: Any) -> Iterator[Any]:
 def first_resize(model: Any) -> Resize | None:
     """The first ``Resize`` of the model's pre-processor (its *training* transform, antialiasing as configured)."""
     pre_processor = getattr(model, "pre_processor", None)
-    for transform in _leaves(getattr(pre_processor, "transform", None)):
+    for transform in leaf_transforms(getattr(pre_processor, "transform", None)):
         if isinstance(transform, Resize):
             return transform
     return None
@@ -128,6 +128,7 @@ __all__ = [
     "fit_raw_image",
     "fit_to_input",
     "ir_raw_resize",
+    "leaf_transforms",
     "resize_from_spec",
     "resize_spec",
     "static_input_size",
