@@ -35,8 +35,8 @@ from scipy import ndimage
 from torchvision import io
 from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
-from anomalib_crr.models.crr.components.foreground import estimate_foreground
-from anomalib_crr.models.crr.components.synthesis import CrrAnomalySynthesizer
+from anomalib_crr.models.components.synthesis.foreground import estimate_foreground
+from anomalib_crr.models.components.synthesis.synthesizer import CrrAnomalySynthesizer
 
 RESIZE, CROP = 448, 392
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from anomalib_crr.models.components.synthesis.augmentation import AUGMENTATIONS, BatchedRandomAugment
+from anomalib_crr.models.components.synthesis.foreground import ForegroundMaskFolder, estimate_foreground
+from anomalib_crr.models.components.synthesis.inputs import open_foreground_masks
+from anomalib_crr.models.components.synthesis.perlin import perlin_noise
 from anomalib_crr.models.crr.components import CrrAnomalySynthesizer, grid_shuffle
-from anomalib_crr.models.crr.components.augmentation import AUGMENTATIONS, BatchedRandomAugment
-from anomalib_crr.models.crr.components.foreground import ForegroundMaskFolder, estimate_foreground
-from anomalib_crr.models.crr.components.perlin import perlin_noise
 
 from .helpers import tiny_crr
 
@@ -90,7 +91,7 @@ def test_bad_foreground_argument_is_rejected() -> None:
         tiny_crr(foreground=3)
     model = tiny_crr(foreground="/no/such/folder")
     with pytest.raises(FileNotFoundError, match="foreground='/no/such/folder'"):
-        model._foreground_source()
+        open_foreground_masks(model.foreground, model.pre_processor)
 
 
 # ------------------------------------------------------------------ self-augmentation order and shuffle
@@ -193,7 +194,7 @@ def test_batched_augmenter_draws_parameters_per_image() -> None:
 def test_sharpen_matches_pil_style_kornia_sharpness() -> None:
     from kornia.enhance import sharpness
 
-    from anomalib_crr.models.crr.components.augmentation import sharpen
+    from anomalib_crr.models.components.synthesis.augmentation import sharpen
 
     images = torch.rand(3, 3, 20, 20)
     torch.manual_seed(5)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,11 +34,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import Batch
-from anomalib.data.utils import download_and_extract
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.models.image.dinomaly.components import StableAdamW, WarmCosineScheduler
-from anomalib.models.image.draem.lightning_model import DTD_DOWNLOAD_INFO
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
@@ -48,12 +45,17 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torchvision.transforms.v2 import CenterCrop, Compose, Resize
 
 from anomalib_crr.models.base import PluginModule
-from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components import transform_output_size
+from anomalib_crr.models.components.synthesis import ForegroundMaskFolder, estimate_foreground
+from anomalib_crr.models.components.synthesis.inputs import (
+    open_foreground_masks,
+    resolve_texture_dir,
+    synthesis_canvas,
+)
 
 from .components import CrrAnomalySynthesizer, MaskAtInference, MaskGranularity
 from .components.cnn_encoder import cnn_input_multiple, is_cnn_encoder
 from .components.encoder import encoder_family, encoder_patch_size
-from .components.foreground import ForegroundMaskFolder, estimate_foreground
 from .loss import CrrFocalLoss, CrrReconstructionRepairLoss
 from .official_checkpoint import OfficialCheckpoint
 from .torch_model import CrrModel, resolve_inference_dtype
@@ -411,59 +413,15 @@ class CRR(PluginModule, AnomalibModule):
         return [stage1_optimizer, stage2_optimizer], [scheduler]
 
     # ------------------------------------------------------------------ training
-    def _texture_dir(self) -> Path | None:
-        """The DTD folder, downloaded when missing; ``None`` when synthesis should use Perlin-noise textures."""
-        if self.dtd_dir is None:
-            return None
-        dtd_dir = Path(self.dtd_dir)
-        if dtd_dir.is_dir() and any(p.suffix.lower() in {".jpg", ".jpeg", ".png"} for p in dtd_dir.rglob("*")):
-            return dtd_dir
-        created = not dtd_dir.exists()
-        try:
-            download_and_extract(dtd_dir, DTD_DOWNLOAD_INFO)
-        except Exception as exc:
-            if created and dtd_dir.is_dir() and not any(dtd_dir.iterdir()):
-                shutil.rmtree(dtd_dir)
-            msg = (
-                f"dtd_dir '{dtd_dir}' holds no texture images and downloading DTD from {DTD_DOWNLOAD_INFO.url} "
-                f"failed ({type(exc).__name__}: {exc}). Offline, pass dtd_dir=None (CLI: --model.dtd_dir null) to "
-                "synthesise anomalies from Perlin-noise textures and the image itself, or point dtd_dir at a copy "
-                "of DTD."
-            )
-            raise RuntimeError(msg) from exc
-        return dtd_dir
-
-    def _synthesis_canvas(self) -> tuple[int, int] | None:
-        """The pre-processor's fixed resize size: the official code synthesises there, before the centre crop."""
-        if not isinstance(self.pre_processor, PreProcessor):
-            return None
-        sizes = [t.size for t in flatten_transforms(self.pre_processor.transform) if isinstance(t, Resize)]
-        if sizes and isinstance(sizes[-1], Sequence) and len(sizes[-1]) == 2:
-            return int(sizes[-1][0]), int(sizes[-1][1])
-        return None
-
-    def _foreground_source(self) -> ForegroundMaskFolder | None:
-        """Check ``foreground`` and open the mask folder (``None`` for ``None`` and ``"auto"``)."""
-        if self.foreground is None or self.foreground == "auto":
-            return None
-        folder = Path(self.foreground)
-        if not folder.is_dir():
-            msg = (
-                f"foreground='{self.foreground}' is neither None, 'auto' nor an existing folder of foreground masks "
-                "(a tree mirroring the dataset, e.g. <category>/train/good/000.png)"
-            )
-            raise FileNotFoundError(msg)
-        transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
-        return ForegroundMaskFolder(folder, transform=transform)
-
     def on_fit_start(self) -> None:
         """Create the anomaly synthesiser (and fetch DTD if requested) before the first step.
 
         Also puts every trainable part in train mode and the frozen encoder in eval mode, and silences
         Lightning's "modules in eval mode" warning when the encoder's modules are the only ones in eval.
         """
-        self.foreground_masks = self._foreground_source()
-        self.synthesizer = CrrAnomalySynthesizer(dtd_dir=self._texture_dir(), canvas_size=self._synthesis_canvas())
+        self.foreground_masks = open_foreground_masks(self.foreground, self.pre_processor)
+        canvas = synthesis_canvas(self.pre_processor)
+        self.synthesizer = CrrAnomalySynthesizer(dtd_dir=resolve_texture_dir(self.dtd_dir), canvas_size=canvas)
         self.train()
         self.model.encoder.eval()
         in_eval = [name for name, module in self.named_modules() if not module.training]
@@ -479,7 +437,7 @@ class CRR(PluginModule, AnomalibModule):
         if self.foreground == "auto":
             return estimate_foreground(images)
         if self.foreground_masks is None:
-            self.foreground_masks = self._foreground_source()
+            self.foreground_masks = open_foreground_masks(self.foreground, self.pre_processor)
         paths = getattr(batch, "image_path", None)
         if paths is None:
             msg = "foreground is a mask folder, but the training batches carry no image_path to find the masks by"

@@ -3,11 +3,12 @@
 
 """Building blocks of CRR: encoder loading, masked bottleneck, segmentation head, anomaly synthesis."""
 
+from anomalib_crr.models.components.synthesis import CrrAnomalySynthesizer, SyntheticAnomalies, grid_shuffle
+
 from .bottleneck import MaskAtInference, MaskedNoisyBottleneck, MaskGranularity
 from .cnn_encoder import CnnGroupEncoder, GroupHeads, cnn_input_multiple, is_cnn_encoder
 from .encoder import build_encoder, dino_architecture
 from .seg_head import CrrSegHead
-from .synthesis import CrrAnomalySynthesizer, SyntheticAnomalies, grid_shuffle
 
 __all__ = [
     "CnnGroupEncoder",
