@@ -61,7 +61,7 @@ DATASETS = {
     "mt": {"root": SHARED / "data" / "magnetic_tile" / "mt", "category": "mt"},
 }
 WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
-MODELS = ("MFRNet", "PatchCore", "Padim")
+MODELS = ("MFRNet", "PatchCore", "Padim", "MFRNet-repair")
 MFRNET_CONFIG = ROOT / "configs" / "model" / "mfrnet.yaml"
 # The first release's defaults, for the "before" row of the cost table.
 FIRST_RELEASE = {
@@ -172,11 +172,13 @@ def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any
     lite_norm = PreProcessor(
         transform=Compose([Resize(size, antialias=True), Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
     )
-    if name == "MFRNet":
+    if name in {"MFRNet", "MFRNet-repair"}:
         model = MFRNet(
             backbone="tf_efficientnet_lite0",
             pre_trained=False,
             weights_path=WEIGHTS,
+            repair=name == "MFRNet-repair",  # CRR's synthetic anomalies, restored toward the clean features
+            dtd_dir=None,
             pre_processor=MFRNet.configure_pre_processor(size),
             evaluator=_evaluator(),
         )
@@ -186,6 +188,7 @@ def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any
             f"k={list(model.model.cell_sizes)}, restorer d{hp.stem_dim}/D{hp.embed_dim}/L{hp.depth}/p{hp.patch_size}, "
             f"lambda_ssim {hp.lambda_ssim:g}, {'whitened' if hp.whiten_residual else 'plain'} squared error, "
             f"{model.model.test_grid.value} test grid, {model.model.image_score.value} image score"
+            + (", repair (synthetic anomalies -> clean features)" if hp.repair else "")
         )
         return model, {"config": config, "epochs": args.mfrnet_epochs}
     if name == "PatchCore":

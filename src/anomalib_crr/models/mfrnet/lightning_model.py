@@ -42,6 +42,8 @@ from torchvision.transforms.v2 import CenterCrop, Resize
 
 from anomalib_crr.models.base import PluginModule
 from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components.synthesis import CrrAnomalySynthesizer
+from anomalib_crr.models.components.synthesis.inputs import resolve_texture_dir, synthesis_canvas
 
 from .anomaly_map import ScoreMode
 from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, ImageScore
@@ -144,6 +146,13 @@ class MFRNet(PluginModule, AnomalibModule):
             correct for any ``max_epochs``/``max_steps``.
         cache_features: Keep each training image's frozen features in memory after the first epoch (only when the
             training set has no augmentation, so the features cannot change).
+        repair: Also train the restorer to *repair*: each batch is doubled with CRR's synthetic anomalies of the same
+            images (:mod:`anomalib_crr.models.components.synthesis`), whose restoration target is the clean image's
+            features, so the restorer learns not to reproduce defects (the identity mapping CRR was written against).
+            The map, its statistics and the envelope are fitted on clean images as before. ``False`` (default):
+            plain restoration of normal features. See the README's repair rows for what it measures.
+        dtd_dir: Texture folder for ``repair`` (DTD layout, downloaded when empty). ``None`` (default): Perlin-noise
+            textures and the image itself, nothing to download.
         pre_processor: Pre-processor; it must resize only (no ``Normalize``: the backbone's normalisation is applied
             inside the model).
         post_processor: Post-processor.
@@ -202,6 +211,8 @@ class MFRNet(PluginModule, AnomalibModule):
         final_lr_ratio: float = 0.01,
         lr_decay_at: float | None = None,
         cache_features: bool = True,
+        repair: bool = False,
+        dtd_dir: str | Path | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -259,6 +270,8 @@ class MFRNet(PluginModule, AnomalibModule):
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_fraction, self.final_lr_ratio, self.lr_decay_at = warmup_fraction, final_lr_ratio, lr_decay_at
         self.cache_features = cache_features
+        self.repair, self.dtd_dir = repair, dtd_dir
+        self.synthesizer: CrrAnomalySynthesizer | None = None  # built at fit start (repair only); holds no state
         self._feature_cache: dict[str, torch.Tensor] = {}
         self._map_stats_step = -1
 
@@ -403,6 +416,12 @@ class MFRNet(PluginModule, AnomalibModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ training
+    def on_fit_start(self) -> None:
+        """Build the anomaly synthesiser for ``repair`` (and fetch DTD when a folder is given and empty)."""
+        if self.repair and self.synthesizer is None:
+            canvas = synthesis_canvas(self.pre_processor)
+            self.synthesizer = CrrAnomalySynthesizer(dtd_dir=resolve_texture_dir(self.dtd_dir), canvas_size=canvas)
+
     def on_train_start(self) -> None:
         """Compute the per-channel feature statistics once, before the first step (kept when resuming)."""
         self._feature_cache.clear()
@@ -465,12 +484,24 @@ class MFRNet(PluginModule, AnomalibModule):
         return features
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
-        """Restore randomly masked features and return the hybrid loss."""
+        """Restore randomly masked features and return the hybrid loss.
+
+        With ``repair``, the synthetic-anomaly copies of the batch are restored too, toward the clean features.
+        """
         del args, kwargs
         features = self._training_features(batch)
+        targets = features
+        if self.repair:
+            if self.synthesizer is None:
+                self.on_fit_start()
+            assert self.synthesizer is not None
+            synthetic = self.synthesizer(batch.image)
+            with torch.no_grad():
+                anomalous = self.model.aggregator(synthetic.image)
+            features, targets = torch.cat([features, anomalous]), torch.cat([features, features])
         feature_size = (features.shape[-2], features.shape[-1])
         hidden = self.model.train_masks(features.shape[0], feature_size, features.device)
-        loss = self.model.loss(features, self.model.restore(features, hidden))
+        loss = self.model.loss(targets, self.model.restore(features, hidden))
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch.image.shape[0])
         return {"loss": loss}
 
