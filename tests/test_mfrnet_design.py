@@ -15,9 +15,9 @@ from anomalib.engine import Engine
 from lightning.pytorch.callbacks import Callback
 
 from anomalib_crr import MFRNet
+from anomalib_crr.models.components.lr_schedule import lr_factor_schedule
 from anomalib_crr.models.mfrnet import MFRNetModel
 from anomalib_crr.models.mfrnet.components import LEGACY_LAYERS, VisibleNeighbourInpainting, structured_masks
-from anomalib_crr.models.mfrnet.lightning_model import lr_factor_schedule
 from anomalib_crr.models.mfrnet.torch_model import WHITEN_RIDGE
 from anomalib_crr.models.mfrnet.torch_model import TestGrid as GridPhase  # a "Test*" name would be collected
 
@@ -181,8 +181,8 @@ def test_checkpoint_from_before_the_test_grid_scores_with_the_aligned_grid(
 
 def test_training_features_come_from_the_cache_after_the_first_epoch(fitted: dict[str, Any]) -> None:
     model: MFRNet = fitted["model"]
-    assert len(model._feature_cache) == 8
-    path, cached = next(iter(model._feature_cache.items()))
+    assert len(model.feature_cache.features) == 8
+    path, cached = next(iter(model.feature_cache.features.items()))
     from torchvision.io import read_image
 
     image = read_image(path).float().unsqueeze(0) / 255
@@ -204,7 +204,7 @@ def test_no_cache_with_augmentations(tiny_dataset: Path, tmp_path: Path) -> None
         train_augmentations=RandomHorizontalFlip(),
     )
     _engine(tmp_path, max_epochs=1).fit(model=model, datamodule=datamodule)
-    assert not model._feature_cache
+    assert not model.feature_cache.features
 
 
 # ------------------------------------------------------------------ checkpoints of the first release

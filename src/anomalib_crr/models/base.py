@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.pre_processing import PreProcessor
@@ -83,6 +84,23 @@ class PluginModule(Opset18OnnxExport, ValidatesAtFitEnd):
             )
             raise ValueError(msg)
         return transforms
+
+    def raw_batch_images(self, batch: Batch) -> torch.Tensor:
+        """A raw dataloader batch's images, through the pre-processor's transform.
+
+        Why: hooks that loop over a dataloader themselves (statistics passes at fit start or epoch end) get batches
+        before anomalib's pre-processor callback has run.
+        """
+        images = batch.image.to(self.device)
+        if isinstance(self.pre_processor, PreProcessor) and self.pre_processor.transform is not None:
+            images = self.pre_processor.transform(images)
+        return images
+
+    def reduce_across_ranks(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        """Sum or max ``tensor`` across DDP ranks (the identity on one process or without a trainer)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return self.trainer.strategy.reduce(tensor, reduce_op=op)
+        return tensor
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Predict scores and maps for the validation batch (the post-processor calibrates on them)."""

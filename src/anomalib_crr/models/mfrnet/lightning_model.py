@@ -24,8 +24,7 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,48 +37,24 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.utils.serialization import anomalib_safe_globals
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT, OptimizerLRScheduler
-from torchvision.transforms.v2 import CenterCrop, Resize
+from torchvision.transforms.v2 import Resize
 
 from anomalib_crr.models.base import PluginModule
-from anomalib_crr.models.components import flatten_transforms, transform_output_size
+from anomalib_crr.models.components import transform_output_size
+from anomalib_crr.models.components.lr_schedule import check_schedule_arguments, lr_factor_schedule
 from anomalib_crr.models.components.synthesis import CrrAnomalySynthesizer
 from anomalib_crr.models.components.synthesis.inputs import resolve_texture_dir, synthesis_canvas
 
 from .anomaly_map import ScoreMode
-from .components import DEFAULT_LAYERS, LEGACY_LAYERS, FeatureNorm, ImageScore
-from .components.statistics import envelope_maximum, feature_statistics, residual_statistics
+from .checkpoint_migration import legacy_overrides, migrate_checkpoint
+from .components import FeatureNorm, ImageScore
+from .components.statistics import feature_statistics, map_statistics
+from .feature_cache import FeatureCache, deterministic_training_images
 from .torch_model import MapNorm, MFRNetModel, Partition, TestGrid
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = (256, 256)
-
-# Hyper-parameters that shape the state dict or the scores. A checkpoint whose values differ from the model it is
-# loaded into fails with a message naming them, instead of PyTorch's list of mismatched tensors.
-ARCHITECTURE_KEYS = (
-    "backbone",
-    "layers",
-    "feature_stride",
-    "stem_dim",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "patch_size",
-    "residual",
-    "mask_cell_size",
-    "whiten_residual",
-)
-
-# The first release (no ``residual`` hyper-parameter in its checkpoints): what its hyper-parameters meant.
-LEGACY_HPARAMS: dict[str, Any] = {
-    "partition": "random",
-    "test_grid": "aligned",
-    "residual": False,
-    "map_norm": "none",
-    "cache_features": False,
-    "image_score": ImageScore.MAP.value,
-}
 
 
 class MFRNet(PluginModule, AnomalibModule):
@@ -224,15 +199,7 @@ class MFRNet(PluginModule, AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        if not 0 <= warmup_fraction < 1:
-            msg = f"warmup_fraction must be in [0, 1), got {warmup_fraction}"
-            raise ValueError(msg)
-        if not 0 <= final_lr_ratio <= 1:
-            msg = f"final_lr_ratio must be in [0, 1], got {final_lr_ratio}"
-            raise ValueError(msg)
-        if lr_decay_at is not None and not 0 < lr_decay_at <= 1:
-            msg = f"lr_decay_at must be in (0, 1] or None, got {lr_decay_at}"
-            raise ValueError(msg)
+        check_schedule_arguments(warmup_fraction, final_lr_ratio, lr_decay_at)
         image_size = self._check_pre_processor()
         self.model: MFRNetModel = MFRNetModel(
             backbone=backbone,
@@ -272,7 +239,7 @@ class MFRNet(PluginModule, AnomalibModule):
         self.cache_features = cache_features
         self.repair, self.dtd_dir = repair, dtd_dir
         self.synthesizer: CrrAnomalySynthesizer | None = None  # built at fit start (repair only); holds no state
-        self._feature_cache: dict[str, torch.Tensor] = {}
+        self.feature_cache = FeatureCache(enabled=cache_features)
         self._map_stats_step = -1
 
     # ------------------------------------------------------------------ configuration
@@ -296,8 +263,6 @@ class MFRNet(PluginModule, AnomalibModule):
         Checkpoints of the first release (before the residual restorer) are rebuilt with that release's meaning of
         their hyper-parameters (stride-4 default layers, random partitions, plain restorer), so they load unchanged.
         """
-        for name, value in cls.checkpoint_load_defaults.items():
-            kwargs.setdefault(name, value)
         with anomalib_safe_globals(extra=cls.checkpoint_safe_globals()):
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=kwargs.get("weights_only", True))
         for key, value in legacy_overrides(checkpoint.get("hyper_parameters", {})).items():
@@ -308,99 +273,10 @@ class MFRNet(PluginModule, AnomalibModule):
         """Fail with the names of the hyper-parameters that differ, and fill buffers older checkpoints lack.
 
         ``anomalib test/predict --ckpt_path`` builds the model from the CLI/config and then loads only the state
-        dict; a mismatch would otherwise surface as a list of tensor shapes.
+        dict; a mismatch would otherwise surface as a list of tensor shapes (:mod:`.checkpoint_migration`).
         """
         super().on_load_checkpoint(checkpoint)  # anomalib restores the pre/post-processor configuration
-        saved = dict(checkpoint.get("hyper_parameters", {}))
-        saved.update(legacy_overrides(saved))
-        mismatched = []
-        for key in ARCHITECTURE_KEYS:
-            if key not in saved:
-                continue
-            theirs, ours = self._resolved(key, saved), self._effective(key)
-            if key == "mask_cell_size" and isinstance(theirs, int):
-                theirs = (theirs,)
-            if theirs is None and key == "feature_stride":
-                continue  # derived from the layers, which are compared
-            if theirs != ours:
-                mismatched.append(f"{key}: checkpoint {theirs!r}, this model {ours!r}")
-        if mismatched:
-            msg = (
-                "The checkpoint was trained with other MFRNet hyper-parameters: " + "; ".join(mismatched) + ". "
-                "Load it with MFRNet.load_from_checkpoint(path), or pass the same values (e.g. --config of the "
-                "training run's config.yaml)."
-            )
-            raise ValueError(msg)
-        if "test_grid" in saved:
-            self._match_test_grid(TestGrid(saved["test_grid"]))
-        state = checkpoint.get("state_dict", {})
-        self._match_image_score(ImageScore(saved.get("image_score", ImageScore.ENVELOPE)), state)
-        for name in ("map_scale", "map_stats_ready", "residual_whitener", "normal_envelope.envelope"):
-            state.setdefault(f"model.{name}", self.model.get_buffer(name).detach().clone())
-        # Before the whitened residual, one scale per k divided the summed terms; the same scale on both terms
-        # gives the same map, and the identity whitener is the plain MSE, so such checkpoints score unchanged.
-        if state["model.map_scale"].dim() == 1:
-            state["model.map_scale"] = state["model.map_scale"].unsqueeze(-1).repeat(1, 2)
-
-    def _match_test_grid(self, saved: TestGrid) -> None:
-        """Score with the test grid the checkpoint's map statistics were fitted under.
-
-        The whitener and the per-k means are measured under the test partition; with another grid they would be
-        slightly off, so the checkpoint's grid wins (e.g. ``"aligned"`` for checkpoints that predate the option).
-        """
-        self._adopt_checkpoint_setting("test_grid", saved)
-
-    def _adopt_checkpoint_setting(self, name: str, saved: TestGrid | ImageScore) -> None:
-        """Use the checkpoint's ``name`` in the torch model and the hyper-parameters (logged when it differs)."""
-        current = getattr(self.model, name)
-        if saved is current:
-            return
-        logger.info(
-            "MFRNet: the checkpoint was fitted with %s=%r; using it instead of %r.", name, saved.value, current.value
-        )
-        setattr(self.model, name, saved)
-        self.hparams[name] = saved.value
-
-    def _match_image_score(self, saved: ImageScore, state: dict[str, Any]) -> None:
-        """Score as the checkpoint was fitted to, and refuse an envelope checkpoint that lacks its envelope.
-
-        Checkpoints from before the envelope (no ``image_score`` hyper-parameter) score from the map, as they did;
-        the envelope cannot be made up without the training images.
-
-        Raises:
-            ValueError: The checkpoint asks for the envelope score but holds no fitted envelope.
-        """
-        key = "model.normal_envelope.envelope"
-        envelope = state.get(key)
-        if isinstance(envelope, torch.Tensor):
-            self.model.normal_envelope.resize_like(envelope)  # its size is the training grid's, not architecture
-        if saved is ImageScore.ENVELOPE and (not isinstance(envelope, torch.Tensor) or envelope.numel() == 0):
-            msg = (
-                f"The checkpoint scores images with image_score='envelope' but holds no fitted envelope "
-                f"({key!r} is missing or empty). Refit its statistics with "
-                "model.compute_map_statistics(train_dataloader), or load it with image_score='map'."
-            )
-            raise ValueError(msg)
-        self._adopt_checkpoint_setting("image_score", saved)
-
-    def _resolved(self, key: str, hparams: dict[str, Any]) -> Any:
-        """A checkpoint hyper-parameter's effective value (``None`` layers resolved, sequences as tuples)."""
-        value = hparams.get(key)
-        if key == "layers" and value is None:
-            return tuple(DEFAULT_LAYERS.get(hparams.get("backbone", "tf_efficientnet_lite0"), ()))
-        if isinstance(value, Sequence) and not isinstance(value, str):
-            return tuple(value)
-        return value
-
-    def _effective(self, key: str) -> Any:
-        """This model's effective value of an architecture hyper-parameter."""
-        if key == "layers":
-            return tuple(self.model.aggregator.layers)
-        if key == "feature_stride":
-            return self.model.aggregator.feature_stride
-        if key == "mask_cell_size":
-            return self.model.cell_sizes
-        return self._resolved(key, dict(self.hparams))
+        migrate_checkpoint(checkpoint, self.model, self.hparams)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -424,24 +300,11 @@ class MFRNet(PluginModule, AnomalibModule):
 
     def on_train_start(self) -> None:
         """Compute the per-channel feature statistics once, before the first step (kept when resuming)."""
-        self._feature_cache.clear()
+        self.feature_cache.clear()
         aggregator = self.model.aggregator
         if aggregator.feature_norm is FeatureNorm.NONE or bool(aggregator.stats_ready):
             return
         self.compute_feature_statistics(self.trainer.train_dataloader)
-
-    def _images(self, batch: Batch) -> torch.Tensor:
-        """A raw dataloader batch's images, through the pre-processor's transform (hooks outside the batch loop)."""
-        images = batch.image.to(self.device)
-        if isinstance(self.pre_processor, PreProcessor) and self.pre_processor.transform is not None:
-            images = self.pre_processor.transform(images)
-        return images
-
-    def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
-        """Sum or max ``tensor`` across DDP ranks (the identity on one process)."""
-        if self._trainer is not None and self.trainer.world_size > 1:
-            return self.trainer.strategy.reduce(tensor, reduce_op=op)
-        return tensor
 
     @torch.no_grad()
     def compute_feature_statistics(self, dataloader: Any) -> None:
@@ -451,37 +314,19 @@ class MFRNet(PluginModule, AnomalibModule):
         transform is applied here (:func:`~.components.statistics.feature_statistics` does the math).
         """
         aggregator = self.model.aggregator
-        batches = (aggregator.raw_features(self._images(batch)) for batch in dataloader)
-        mean, std, count = feature_statistics(batches, aggregator.num_channels, self.device, self._reduce)
+        batches = (aggregator.raw_features(self.raw_batch_images(batch)) for batch in dataloader)
+        mean, std, count = feature_statistics(batches, aggregator.num_channels, self.device, self.reduce_across_ranks)
         aggregator.set_statistics(mean, std)
         logger.info("MFRNet feature statistics from %d positions", count)
 
     def _can_cache(self) -> bool:
-        """Features of a training image are fixed when nothing random happens to it before the backbone.
-
-        anomalib gives a datamodule without augmentations a plain ``Resize`` to the model's input size (so
-        images of different sizes batch); resizing and centre-cropping are deterministic, anything else
-        (flips, colour jitter, random crops) disables the cache.
-        """
-        if not self.cache_features or self._trainer is None:
-            return False
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        augmentations = getattr(dataset, "augmentations", "unknown")
-        if dataset is None or isinstance(augmentations, str):
-            return False
-        return all(isinstance(step, (Resize, CenterCrop)) for step in flatten_transforms(augmentations))
+        """Whether this fit's training images are the same every epoch, so their features can be cached."""
+        return self._trainer is not None and deterministic_training_images(self.trainer.train_dataloader)
 
     def _training_features(self, batch: Batch) -> torch.Tensor:
         """Standardised features of a training batch, from the cache when every image in it is cached."""
         paths = getattr(batch, "image_path", None)
-        if not self._can_cache() or paths is None or len(paths) != batch.image.shape[0]:
-            return self.model.aggregator(batch.image)
-        if all(path in self._feature_cache for path in paths):
-            return torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
-        features = self.model.aggregator(batch.image)
-        for path, feature in zip(paths, features, strict=True):
-            self._feature_cache[path] = feature.detach()
-        return features
+        return self.feature_cache.features_of(batch.image, paths, self._can_cache(), self.model.aggregator)
 
     def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
         """Restore randomly masked features and return the hybrid loss.
@@ -492,13 +337,8 @@ class MFRNet(PluginModule, AnomalibModule):
         features = self._training_features(batch)
         targets = features
         if self.repair:
-            if self.synthesizer is None:
-                self.on_fit_start()
-            assert self.synthesizer is not None
-            synthetic = self.synthesizer(batch.image)
-            with torch.no_grad():
-                anomalous = self.model.aggregator(synthetic.image)
-            features, targets = torch.cat([features, anomalous]), torch.cat([features, features])
+            assert self.synthesizer is not None, "on_fit_start builds the synthesiser"
+            features, targets = self.model.repair_batch(features, self.synthesizer(batch.image).image)
         feature_size = (features.shape[-2], features.shape[-1])
         hidden = self.model.train_masks(features.shape[0], feature_size, features.device)
         loss = self.model.loss(targets, self.model.restore(features, hidden))
@@ -508,31 +348,20 @@ class MFRNet(PluginModule, AnomalibModule):
     # ------------------------------------------------------------------ per-k map statistics
     @torch.no_grad()
     def compute_map_statistics(self, dataloader: Any) -> None:
-        """Residual covariance and each k's mean terms over the training images, under the test partitions.
+        """Residual covariance, each k's mean terms and (``image_score="envelope"``) the normal envelope.
 
-        :func:`~.components.statistics.residual_statistics` (sums all-reduced over DDP ranks); with
-        ``image_score="envelope"`` a second pass sets the normal envelope (:meth:`compute_envelope`).
+        Over the training images, under the test partitions (:func:`~.components.statistics.map_statistics`).
         """
-        was_training = self.model.training
-        self.model.eval()
-        batches = (self._statistics_features(batch) for batch in dataloader)
-        fitted = residual_statistics(self.model, batches, self.device, self._reduce)
-        if fitted and self.model.image_score is ImageScore.ENVELOPE:
-            self.compute_envelope(dataloader)
-        self.model.train(was_training)
 
-    @torch.no_grad()
-    def compute_envelope(self, dataloader: Any) -> None:
-        """Each position's maximum of the smoothed discrepancy over the training images (needs the map statistics)."""
-        batches = (self._statistics_features(batch) for batch in dataloader)
-        envelope_maximum(self.model, batches, self._reduce)
+        def batches() -> Iterator[torch.Tensor]:
+            return (self._statistics_features(batch) for batch in dataloader)
+
+        map_statistics(self.model, batches, self.device, self.reduce_across_ranks)
 
     def _statistics_features(self, batch: Batch) -> torch.Tensor:
         """Standardised features of a training batch for the statistics passes (cached when possible)."""
-        paths = getattr(batch, "image_path", None)
-        if self._can_cache() and paths is not None and all(path in self._feature_cache for path in paths):
-            return torch.stack([self._feature_cache[path] for path in paths]).to(self.device)
-        return self.model.aggregator(self._images(batch))
+        cached = self.feature_cache.lookup(getattr(batch, "image_path", None), self._can_cache(), self.device)
+        return cached if cached is not None else self.model.aggregator(self.raw_batch_images(batch))
 
     def on_validation_epoch_start(self) -> None:
         """Validation scores (and the post-processor's thresholds) use the current restorer's map statistics."""
@@ -556,53 +385,3 @@ class MFRNet(PluginModule, AnomalibModule):
             return
         self.compute_map_statistics(self.trainer.train_dataloader)
         self._map_stats_step = self.global_step
-
-
-def lr_factor_schedule(
-    total_steps: int,
-    warmup_fraction: float,
-    final_ratio: float,
-    decay_at: float | None = None,
-) -> Callable[[int], float]:
-    """Learning-rate factor per optimizer step for ``LambdaLR``.
-
-    Warm-up + cosine: linear from ``1/warmup`` to 1 over the first ``warmup_fraction`` of the steps, then cosine to
-    exactly ``final_ratio`` at the last step (``total_steps - 1``). Legacy (``decay_at``): 1, then 0.1 from step
-    ``round(decay_at · total)``. Counting steps (not epochs) keeps both right for any run length.
-    """
-    total_steps = max(1, int(total_steps))
-    if decay_at is not None:
-        milestone = max(1, round(decay_at * total_steps))
-        return lambda step: 1.0 if step < milestone else 0.1
-    warmup = min(int(warmup_fraction * total_steps), total_steps - 1)
-    decay_steps = total_steps - 1 - warmup  # the last step, total_steps - 1, ends the decay
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / decay_steps) if decay_steps > 0 else 1.0
-        return final_ratio + (1.0 - final_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def legacy_overrides(hparams: dict[str, Any]) -> dict[str, Any]:
-    """What an older checkpoint's hyper-parameters meant (empty for current checkpoints).
-
-    The first release had no ``residual`` hyper-parameter; its ``layers=None`` meant the stride-4 layer lists and
-    ``feature_stride`` was always set explicitly. Checkpoints without ``test_grid`` scored with the aligned grid, and
-    checkpoints without ``image_score`` scored images from the map.
-    """
-    if not hparams:
-        return {}
-    if "residual" in hparams:
-        overrides: dict[str, Any] = {}
-        if "test_grid" not in hparams:
-            overrides["test_grid"] = TestGrid.ALIGNED.value  # before the shifted grid
-        if "image_score" not in hparams:
-            overrides["image_score"] = ImageScore.MAP.value  # before the normal envelope
-        return overrides
-    overrides = dict(LEGACY_HPARAMS)
-    if hparams.get("layers") is None:
-        overrides["layers"] = list(LEGACY_LAYERS.get(hparams.get("backbone", "vgg16"), ()))
-    return overrides

@@ -278,6 +278,20 @@ class MFRNetModel(nn.Module):
             return structured_masks(batch_size, feature_size, cell_size, self.num_masks, device=device)
         return crossed_masks(batch_size, feature_size, cell_size, self.num_masks, device=device)
 
+    def repair_batch(self, features: torch.Tensor, synthetic_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of a ``repair`` step: clean and synthetic-anomaly features, both toward the clean ones.
+
+        Args:
+            features: Standardised features of the clean images ``(B, C, h, w)``.
+            synthetic_images: The same images with synthetic anomalies, ``(B, 3, H, W)`` in [0, 1].
+
+        Returns:
+            ``(inputs, targets)``, each ``(2B, C, h, w)``.
+        """
+        with torch.no_grad():
+            anomalous = self.aggregator(synthetic_images)
+        return torch.cat([features, anomalous]), torch.cat([features, features])
+
     def restore(self, features: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Parallel restorations recombined: ``F̂ = Σ_i R([F ⊙ M_i; M_i]) ⊙ (1 − M_i)``.
 

@@ -111,3 +111,20 @@ def envelope_maximum(model: Any, feature_batches: Iterable[torch.Tensor], reduce
         maximum = batch_max if maximum is None else torch.maximum(maximum, batch_max)
     if maximum is not None:
         envelope.set_envelope(reduce(maximum, "max"))
+
+
+@torch.no_grad()
+def map_statistics(
+    model: Any, feature_batches: Callable[[], Iterable[torch.Tensor]], device: torch.device, reduce: Reduce = no_reduce
+) -> None:
+    """Fit everything the map and the image score read from normal images, with ``model`` in eval mode.
+
+    :func:`residual_statistics`, then, for ``image_score="envelope"``, :func:`envelope_maximum` (it scores with the
+    statistics just fitted, so it is a second pass). ``feature_batches`` makes a fresh iterable per pass.
+    """
+    was_training = model.training
+    model.eval()
+    fitted = residual_statistics(model, feature_batches(), device, reduce)
+    if fitted and model.image_score.value == "envelope":
+        envelope_maximum(model, feature_batches(), reduce)
+    model.train(was_training)
