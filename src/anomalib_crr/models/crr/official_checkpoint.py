@@ -17,16 +17,23 @@ Key names are remapped to ours; the encoder part goes through timm's DINOv2 conv
 the class-token position embedding) and the blocks CRR prunes are dropped. Any key the model needs but the
 file lacks, any key the file has but the model does not, and any shape difference refuse the file, naming
 it and the first mismatches in the official names.
+
+:class:`OfficialCheckpoint` is the glue ``CRR`` uses: it reads the files once at construction (the
+``official_checkpoint`` / ``official_seg_checkpoint`` arguments, so every CLI subcommand can rebuild the model
+from its init arguments), decides whether the encoder must still be downloaded, loads the weights and says how
+many training steps the files stand for (stage I done; both stages with the segmentation file).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from .components.cnn_encoder import is_cnn_encoder
 from .components.encoder import timm_checkpoint_filter
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ _DB = re.compile(r"^db(\d)\.([0134])\.(.+)$")
 _FIN = re.compile(r"^fin_out\.0\.(.+)$")
 _BOTTLENECK = re.compile(r"^bottleneck\.0\.(fc[12]\..+)$")
 _DECODER = re.compile(r"^decoder\.(\d+)\.(.+)$")
+ModelT = TypeVar("ModelT")  # CRR, without importing it (it imports this module)
 
 
 def read_official_state_dict(path: str | Path, role: str) -> dict[str, torch.Tensor]:
@@ -227,10 +235,33 @@ class OfficialCheckpoint:
             return None
         return cls(model_path, seg_path)
 
+    @classmethod
+    def for_encoder(
+        cls, model_path: str | Path | None, seg_path: str | Path | None, encoder_name: str
+    ) -> OfficialCheckpoint | None:
+        """:meth:`from_paths`, refusing the files for a CNN-encoder CRR (they hold a DINOv2 ViT-B CRR).
+
+        Raises:
+            ValueError: If files are given for a CNN encoder (after they were read, so a missing file is named
+                first).
+        """
+        official = cls.from_paths(model_path, seg_path)
+        if official is not None and is_cnn_encoder(encoder_name):
+            msg = "official_checkpoint holds a DINOv2 ViT-B CRR; it cannot be loaded into a CNN-encoder CRR"
+            raise ValueError(msg)
+        return official
+
     @property
     def has_encoder(self) -> bool:
         """Whether the model file embeds the (frozen DINOv2) encoder weights."""
         return any(key.startswith("encoder.") for key in self.model_state)
+
+    def steps_done(self, stage1_steps: int, stage2_steps: int) -> int:
+        """Training steps the files stand for: stage I is done, and stage II too when the seg file is given.
+
+        ``CRR`` starts its step counter there, so a ``fit`` continues with the stage that is still missing.
+        """
+        return stage1_steps + stage2_steps if self.seg_state is not None else stage1_steps
 
     def load_into(self, model: CrrModel) -> None:
         """Remap, check and load into ``model``; with a segmentation file, inference fuses the seg map."""
@@ -240,3 +271,39 @@ class OfficialCheckpoint:
         model.load_state_dict(converted, strict=False)
         if self.seg_state is not None:
             model.mark_seg_head_trained()
+
+
+def encoder_weights_for(official: OfficialCheckpoint | None, encoder_weights: str | Path | None) -> str | Path | None:
+    """The encoder weights to build with: none when the official model file embeds the encoder (no download)."""
+    return None if official is not None and official.has_encoder else encoder_weights
+
+
+def from_official_checkpoint(
+    cls: Callable[..., ModelT],
+    model_path: str | Path,
+    seg_path: str | Path | None = None,
+    **kwargs: Any,
+) -> ModelT:
+    """Build CRR from the checkpoints released with the official CRR-MUAD code (``CRR.from_official_checkpoint``).
+
+    The official names are remapped to ours (``bottleneck.0.fc1`` → ``bottleneck.mlp.fc1``, ``up2.1`` →
+    ``seg_head.stages.2.conv.0``, ...); the frozen encoder comes from the DINOv2 weights embedded in the
+    model file (or, if a file lacks them, from ``encoder_weights``). A file whose keys or shapes do not
+    match the model is refused with a message naming it and the first mismatches. The released files are
+    for the defaults (ViT-B/14 DINOv2-R, 8 decoder blocks, ``seg_base_width=192``, Resize 448 → crop 392).
+    The result has no thresholds yet: run ``Engine.validate`` (or ``fit`` with more steps) on normal data
+    before ``predict``. CLI: ``--model.official_checkpoint FILE --model.official_seg_checkpoint FILE`` (the same
+    two init arguments this builds with, so every subcommand can rebuild the model).
+
+    Args:
+        cls: ``CRR`` (or a subclass): this function is bound as its classmethod.
+        model_path: The stage-I model file (``ViTill`` state dict).
+        seg_path: The segmentation-network file; ``None`` leaves the head untrained (reconstruction map only).
+        **kwargs: Other ``CRR`` arguments (e.g. ``mask_at_inference="random"`` for the official stochastic
+            inference, ``inference_dtype``).
+
+    Example:
+        >>> model = CRR.from_official_checkpoint(  # doctest: +SKIP
+        ...     "dinov2_vitb14_reg4_pretrain.pth", "Seg_model_7999.pth", stage1_steps=50_000)
+    """
+    return cls(official_checkpoint=model_path, official_seg_checkpoint=seg_path, **kwargs)

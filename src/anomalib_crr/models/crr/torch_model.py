@@ -42,31 +42,13 @@ from .components import (
 )
 from .components.decoder import build_decoder
 from .components.fusion import fuse_maps, reconstruction_map, segmentation_input, top_fraction_score
+from .components.precision import resolve_inference_dtype
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_GROUPS = [[0, 1, 2, 3], [4, 5, 6, 7]]
 DEFAULT_CNN_DECODER_DIM = 256
 CNN_HEAD_DIM = 32  # decoder attention heads of the CNN path: decoder_dim // 32
-INFERENCE_DTYPES = {
-    "float32": None,
-    "fp32": None,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def resolve_inference_dtype(inference_dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Map ``None``/``"float32"`` to ``None`` (full precision), ``"bfloat16"``/``"float16"`` (bf16/fp16) to dtypes."""
-    if inference_dtype is None or isinstance(inference_dtype, torch.dtype):
-        return None if inference_dtype == torch.float32 else inference_dtype
-    key = str(inference_dtype).lower().removeprefix("torch.")
-    if key not in INFERENCE_DTYPES:
-        msg = f"inference_dtype must be None or one of {sorted(INFERENCE_DTYPES)}, got {inference_dtype!r}"
-        raise ValueError(msg)
-    return INFERENCE_DTYPES[key]
 
 
 def _sync_after_load(module: CrrModel, incompatible_keys: object) -> None:
