@@ -57,6 +57,7 @@ from real_data import (
     build_datamodule,
     build_model,
     fit_timed,
+    mfrnet_envelope_inner,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +185,8 @@ def run_baseline(args: argparse.Namespace, seed: int, name: str) -> dict[str, An
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
     row = _result_row(run, metrics, time.perf_counter() - start)
+    if name.startswith("MFRNet"):  # its image score is the envelope: inner = the envelope without the border band
+        mfrnet_envelope_inner(row, model, datamodule, args, seed)
     args.fitted[name] = model
     print(row, flush=True)
     return row

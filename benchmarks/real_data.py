@@ -253,8 +253,8 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
             metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
             run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
             rows.append(_result_row(run, metrics, time.perf_counter() - start))
-            if name == "MFRNet":
-                _mfrnet_envelope_inner(rows[-1], model, datamodule, args, seed)
+            if name.startswith("MFRNet"):
+                mfrnet_envelope_inner(rows[-1], model, datamodule, args, seed)
             print(rows[-1], flush=True)
             if name != "MFRNet":
                 continue
@@ -271,7 +271,7 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _mfrnet_envelope_inner(
+def mfrnet_envelope_inner(
     row: dict[str, Any], model: Any, datamodule: Any, args: argparse.Namespace, seed: int
 ) -> None:
     """MFRNet's envelope score away from the border band, and the dump of its discrepancies for the ablation.
