@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -347,13 +348,19 @@ def test_pool_re_times_inference_alone_and_says_so(smoke_pool_run: dict) -> None
         assert cost["retimed_threads"] == 2  # the config's threads, as a job alone would have
         assert cost["latency_ms"] > 0
         assert cost["latency_ms"] != cost["latency_ms_shared"]
-        assert cost["latency_measured"] == "exclusive"  # labelled by what happened: it was re-timed
+        # labelled by what happened: re-timed alone, or re-timed while the load said other work wanted the cores
+        assert cost["latency_measured"] in {"exclusive", "retime-busy"}
+        if cost["latency_measured"] == "retime-busy":
+            from anomalib_crr.benchmark.retime import busy_limit
+
+            limit = busy_limit(cost["retimed_threads"], os.cpu_count() or 1)
+            assert max(cost["load_before"], cost["load_after"]) > limit  # the check saw real load
         assert cost["latency_iqr_ms"] >= 0
         assert cost["latency_iqr_ms_shared"] >= 0
     assert not list(output.glob("jobs/*/timing_model.pt"))  # kept models are deleted after re-timing
     frame = _csv(output)
     assert frame["timing"].str.startswith("exclusive: re-timed alone").all()
-    assert (frame["latency_measured"] == "exclusive").all()
+    assert frame["latency_measured"].isin(["exclusive", "retime-busy"]).all()
     assert "Latency and throughput timing: exclusive: re-timed alone" in (output / "report.md").read_text()
 
 

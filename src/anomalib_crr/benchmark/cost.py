@@ -71,17 +71,23 @@ def iqr(times: list[float]) -> float:
     return q3 - q1
 
 
+# Labels the re-timing writes that say it did not give an exclusive figure (see .retime).
+RETIME_LABELS = ("retime-failed", "retime-busy")
+
+
 def latency_measured(cost: dict[str, Any]) -> str:
-    """How a result's latency was measured: ``exclusive``, ``shared`` or ``retime-failed``.
+    """How a result's latency was measured: ``exclusive``, ``shared``, ``retime-busy`` or ``retime-failed``.
 
     Why a label of its own: the free-text ``timing`` note says how the executor *meant* to time (``pool`` says
     "re-timed alone after the run"), but a run stopped before re-timing keeps figures measured on shared cores.
     The label says what happened: ``exclusive`` only when the job ran alone (``local``, one worker, a GPU of its
-    own) or was actually re-timed alone (``retimed_threads`` is set); ``retime-failed`` when the re-timing
-    failed; ``shared`` otherwise.
+    own) or was actually re-timed alone on a quiet machine (``retimed_threads`` is set); ``retime-busy`` when it
+    was re-timed alone but the machine's load showed other work in every try (``load_before``, ``load_after``);
+    ``retime-failed`` when the re-timing failed; ``shared`` otherwise (including a ``pool`` job whose run was
+    stopped before re-timing: the next run re-times it).
     """
-    if cost.get("latency_measured") == "retime-failed":
-        return "retime-failed"
+    if cost.get("latency_measured") in RETIME_LABELS:
+        return str(cost["latency_measured"])
     if "retimed_threads" in cost:
         return "exclusive"
     timing = str(cost.get("timing") or "exclusive: one job at a time on this machine")

@@ -45,9 +45,10 @@ COST_COLUMNS = (
     "peak_mem_train_mb",
     "peak_mem_infer_mb",
 )
-# How each latency was measured (``exclusive``, ``shared``, ``retime-failed``; see :func:`.cost.latency_measured`)
-# and its spread: the interquartile range of the timed passes whose median is ``latency_ms``.
-LATENCY_COLUMNS = ("latency_iqr_ms", "latency_measured")
+# How each latency was measured (``exclusive``, ``shared``, ``retime-busy``, ``retime-failed``; see
+# :func:`.cost.latency_measured`), its spread (the interquartile range of the timed passes whose median is
+# ``latency_ms``) and the machine's 1-minute load before and after a re-timing (empty when not re-timed).
+LATENCY_COLUMNS = ("latency_iqr_ms", "latency_measured", "load_before", "load_after")
 SETTING_COLUMNS = ("weights", "device", "precision", "threads", "torch", "anomalib", "input_size", "executor", "timing")
 # Results written before the executors existed ran one job at a time.
 DEFAULT_TIMING = "exclusive: one job at a time on this machine"
@@ -99,6 +100,8 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 **costs,
                 "latency_iqr_ms": _mean([m["latency_iqr_ms"] for m in members]),
                 "latency_measured": _labels(m["latency_measured"] for m in members),
+                "load_before": _max_or_none([m["load_before"] for m in members]),
+                "load_after": _max_or_none([m["load_after"] for m in members]),
                 **{name: first[name] for name in SETTING_COLUMNS},
                 "job_id": ";".join(dict.fromkeys(m["job_id"] for m in members)),
                 "test_images": _sum_or_none([m["test_images"] for m in members]),
@@ -110,12 +113,23 @@ def result_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _latency_cells(cost: dict[str, Any]) -> dict[str, Any]:
-    """How a job's latency was measured and its IQR (NaN for results written before the IQR was recorded)."""
+    """How a job's latency was measured, its IQR and the machine's load around its re-timing.
+
+    The IQR is NaN for results written before it was recorded; the loads are ``None`` for a job not re-timed.
+    """
     iqr = cost.get("latency_iqr_ms")
     return {
         "latency_iqr_ms": math.nan if iqr is None else float(iqr),
         "latency_measured": cost.get("latency_measured") or latency_measured(cost),
+        "load_before": cost.get("load_before"),
+        "load_after": cost.get("load_after"),
     }
+
+
+def _max_or_none(values: Sequence[Any]) -> float | None:
+    """The highest load of a mean row's jobs: the busiest re-timing is the one that limits trust in the row."""
+    numbers = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return max(numbers) if numbers else None
 
 
 def _row_label(row: dict[str, Any]) -> str:
@@ -229,8 +243,8 @@ def latency_cell(row: dict[str, Any]) -> str:
     """The median latency with its spread, e.g. ``9.30 (IQR 0.41, exclusive)``.
 
     Why: a median alone hides a machine that was busy while timing; the interquartile range of the timed passes
-    and how they were measured (``exclusive``, ``shared``, ``retime-failed``) say how far to trust it. The text
-    starts with the median, so the HTML table still sorts the column by it.
+    and how they were measured (``exclusive``, ``shared``, ``retime-busy``, ``retime-failed``) say how far to
+    trust it. The text starts with the median, so the HTML table still sorts the column by it.
     """
     median = _fmt(row.get("latency_ms"))
     iqr = row.get("latency_iqr_ms")
@@ -511,7 +525,15 @@ def _where(result: dict[str, Any]) -> str:
         f"{f', CUDA_VISIBLE_DEVICES={devices}' if devices else ''}, {execution.get('threads', '?')} threads; "
         f"timing: {result['cost'].get('timing', DEFAULT_TIMING)}; latency measured: {cells['latency_measured']}, "
         f"median {_fmt(result['cost'].get('latency_ms'))} ms, IQR {_fmt(cells['latency_iqr_ms'])} ms"
+        f"{_load_text(cells)}"
     )
+
+
+def _load_text(cells: dict[str, Any]) -> str:
+    """The machine's load around a re-timing, for a job's settings line (empty when it was not re-timed)."""
+    if cells["load_before"] is None or cells["load_after"] is None:
+        return ""
+    return f"; 1-minute load {_fmt(float(cells['load_before']))} before and {_fmt(float(cells['load_after']))} after"
 
 
 def _runs(out: Path) -> list[dict[str, Any]]:
@@ -560,8 +582,10 @@ def report_lines(
         "- Cost: MACs from `torch.utils.flop_counter.FlopCounterMode` (matmul/conv/attention, MAC = FLOP/2) on one "
         "pre-processed image; latency = median `AnomalibModule.forward` (pre-processing, model, post-processing) "
         "at batch 1, with the interquartile range (IQR) of its timed passes and how it was measured: `exclusive` "
-        "(timed alone on this machine, or re-timed alone after a shared run), `shared` (other jobs shared the "
-        "cores) or `retime-failed` (re-timing alone failed; the shared figure stays); throughput at the eval batch "
+        "(timed alone on this machine, or re-timed alone after a shared run on a quiet machine), `shared` (other "
+        "jobs shared the cores), `retime-busy` (re-timed alone, but the machine's 1-minute load was above its "
+        "cores before or after every try: other work ran; results.csv has `load_before` and `load_after`) or "
+        "`retime-failed` (re-timing alone failed; the shared figure stays); throughput at the eval batch "
         "size; peak memory = process peak RSS on CPU (includes "
         "interpreter + libraries), `torch.cuda.max_memory_allocated` on GPU; trainable = parameters in the "
         "optimizers.",

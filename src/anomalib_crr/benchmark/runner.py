@@ -42,7 +42,7 @@ from .executors import Executor, ExecutorOptions, Submission, make_executor, par
 from .job import RESULT, moved_test_images_message, write_result
 from .logs import describe_logger
 from .progress import ProgressBoard, describe, format_seconds
-from .retime import retime_alone
+from .retime import retime_leftovers
 
 
 @dataclass
@@ -296,12 +296,31 @@ def run(
             f"submitted {len(summary.submitted)} job(s) to '{pool.name}' and returned (--detach); run the same "
             "command again to collect their results and write the report"
         )
-    elif not interrupted and getattr(pool, "keep_timing_model", False):
-        retime_alone([cfg.output / "jobs" / j for j in summary.ran], cfg.offline, echo)
+    elif not interrupted and _retimes_here(pool, options):
+        try:
+            retime_leftovers(cfg.output, cfg.offline, echo)
+        except KeyboardInterrupt:  # the models not yet re-timed stay for the next run; the report is still written
+            interrupted = True
+            echo("interrupted while re-timing; the jobs not yet re-timed keep shared figures until the next run")
     _finish(cfg, all_jobs, summary, started, started_at, only, rerun, write_outputs, echo)
     if interrupted:
         raise KeyboardInterrupt
     return summary
+
+
+# Executors whose jobs ran on this machine, so a model they kept can be re-timed here.
+_RETIMING_EXECUTORS = ("local", "pool")
+
+
+def _retimes_here(pool: Executor, options: ExecutorOptions) -> bool:
+    """Whether this run re-times the kept timing models of its run folder on this machine.
+
+    Why not only ``pool`` with kept models: a ``pool`` run stopped by Ctrl-C leaves its finished jobs' models
+    for the next run, which may resume with ``local``; the machine is as free after a ``local`` run as after a
+    ``pool`` one. Ray and SLURM jobs ran elsewhere (timing here would time another machine), and
+    ``--no-exclusive-timing`` asks for no re-timing at all.
+    """
+    return options.exclusive_timing and pool.name in _RETIMING_EXECUTORS
 
 
 def _check_stale(output: Path, jobs: list[JobSpec], rerun: bool) -> None:
