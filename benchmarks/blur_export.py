@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,13 +36,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import interleaved_medians
-from int8 import SIZE, cpu_description, cpu_engine, infer, max_difference, metrics, run_ir, test_arrays, write
-from int8_fit import model_args
-from real_data import build_datamodule, build_model
+from benchmarks.common import RESULTS, build_datamodule, build_model, interleaved_medians, write_table
+from benchmarks.int8 import SIZE, cpu_description, cpu_engine, infer, max_difference, metrics, run_ir, test_arrays
+from benchmarks.int8_fit import model_args
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("FP32 2-D", "FP32 separable", "INT8_PTQ 2-D", "INT8_PTQ separable")
 
 
@@ -175,7 +171,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=10, help="timed round-robin runs; 0: accuracy only")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows: list[dict[str, Any]] = []
@@ -189,7 +185,9 @@ def main() -> None:
         f"round-robin runs. lite0 ImageNet weights, {SIZE}², seed 0, PatchCore coreset {args.coreset}. Differences "
         "are to the 2-D IR of the same precision, on post-processed outputs in [0, 1]."
     )
-    write(rows, args.output / f"blur_export_{args.dataset}", f"Separable map blur in exports, {args.dataset}", notes)
+    write_table(
+        rows, args.output / f"blur_export_{args.dataset}", f"Separable map blur in exports, {args.dataset}", notes
+    )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,21 +45,20 @@ from typing import Any
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import interleaved_medians
-from real_data import (
+from benchmarks.common import (
+    RESULTS,
+    ROOT,
     WEIGHTS,
-    _evaluator,
-    _result_row,
-    _typed,
-    _write,
     build_datamodule,
     build_model,
-    fit_timed,
-    mfrnet_envelope_inner,
+    default_mfrnet_epochs,
+    evaluator,
+    interleaved_medians,
+    typed_row,
+    write_table,
 )
+from benchmarks.real_data import fit_timed, mfrnet_envelope_inner, result_row
 
-ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "configs" / "model" / "crr_cnn.yaml"
 CRR_ROWS = ("CRR reconstruction only", "CRR repair, no seg head", "CRR full")
 SUMMARY_KEYS = (
@@ -91,7 +89,7 @@ def build_crr(image_size: int, **overrides: Any) -> Any:
         target_layers=kwargs["target_layers"],
         token_stride=kwargs["token_stride"],
     )
-    return CRR(**kwargs, pre_processor=pre_processor, evaluator=_evaluator())
+    return CRR(**kwargs, pre_processor=pre_processor, evaluator=evaluator())
 
 
 @torch.no_grad()
@@ -163,7 +161,7 @@ def run_crr(args: argparse.Namespace, seed: int, variant: str) -> list[dict[str,
             model.model.fusion_alpha = alpha
         test_start = time.perf_counter()
         metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-        row = _result_row({"model": name, **run}, metrics, time.perf_counter() - test_start)
+        row = result_row({"model": name, **run}, metrics, time.perf_counter() - test_start)
         row["identity_ratio"] = identity_ratio(model, datamodule)
         rows.append(row)
         print(row, flush=True)
@@ -184,7 +182,7 @@ def run_baseline(args: argparse.Namespace, seed: int, name: str) -> dict[str, An
     fit_s, load = fit_timed(engine, model, datamodule)
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
-    row = _result_row(run, metrics, time.perf_counter() - start)
+    row = result_row(run, metrics, time.perf_counter() - start)
     if name.startswith("MFRNet"):  # its image score is the envelope: inner = the envelope without the border band
         mfrnet_envelope_inner(row, model, datamodule, args, seed)
     args.fitted[name] = model
@@ -267,33 +265,31 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--previous-runs", type=Path, default=None, help="a runs CSV of an earlier invocation to include in the tables"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.mfrnet_epochs is None:
-        from real_data import default_mfrnet_epochs
-
         args.mfrnet_epochs = default_mfrnet_epochs()
     args.accelerator, args.fitted, args.dump_dir = "cpu", {}, None
     rows: list[dict[str, Any]] = []
     if args.previous_runs is not None:
         with args.previous_runs.open() as handle:
-            rows = [_typed(row) for row in csv.DictReader(handle)]
+            rows = [typed_row(row) for row in csv.DictReader(handle)]
     stem = args.output / f"crr_cnn_{args.dataset}"
     for seed in args.seeds:
         for variant in args.variants:
             rows += run_crr(args, seed, variant)
-            _write(rows, Path(f"{stem}_runs"), f"CRR ablation on {args.dataset}: every run")
+            write_table(rows, Path(f"{stem}_runs"), f"CRR ablation on {args.dataset}: every run")
     for seed in args.baseline_seeds:
         for name in args.baselines:
             rows.append(run_baseline(args, seed, name))
-            _write(rows, Path(f"{stem}_runs"), f"CRR ablation on {args.dataset}: every run")
-    _write(summarize(rows), stem, f"CRR (lite0) ablation on {args.dataset}, 256², mean ± std over seeds")
+            write_table(rows, Path(f"{stem}_runs"), f"CRR ablation on {args.dataset}: every run")
+    write_table(summarize(rows), stem, f"CRR (lite0) ablation on {args.dataset}, 256², mean ± std over seeds")
     if not args.skip_latency:
-        _write(run_latency(args), Path(f"{stem}_latency"), f"Batch-1 CPU latency on {args.dataset}'s models")
+        write_table(run_latency(args), Path(f"{stem}_latency"), f"Batch-1 CPU latency on {args.dataset}'s models")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from torchvision.transforms.v2 import functional as TF  # noqa: N812
 
 from anomalib_crr.models.components.synthesis.foreground import estimate_foreground
 from anomalib_crr.models.components.synthesis.synthesizer import CrrAnomalySynthesizer
+from benchmarks.common import DATASETS, write_table
 
 RESIZE, CROP = 448, 392
 
@@ -107,7 +107,7 @@ def overlay(images: torch.Tensor, reference: torch.Tensor, auto: torch.Tensor, p
 def main() -> None:
     """Measure and write ``crr_foreground_share.csv``/``.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tire", type=Path, default=Path("/work/shared/data/mvtec3d_rgb/tire"))
+    parser.add_argument("--tire", type=Path, default=DATASETS["tire"]["root"] / "tire")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
@@ -138,24 +138,11 @@ def main() -> None:
                 args.overlays.mkdir(parents=True, exist_ok=True)
                 tag = name.split()[0]
                 overlay(images, reference, estimate_foreground(images), args.overlays / f"foreground_{tag}.png")
-    args.output.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    with (args.output / "crr_foreground_share.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
+    intro = (
         "Share of synthetic-anomaly pixels on the object (reference object: see benchmarks/crr_foreground_share.py), "
-        f"CRR geometry 448 → 392, {args.rounds} draws per image.",
-        "",
-        "| " + " | ".join(keys) + " |",
-        "|" + "---|" * len(keys),
-    ]
-    lines += [
-        "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |" for row in rows
-    ]
-    (args.output / "crr_foreground_share.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        f"CRR geometry 448 → 392, {args.rounds} draws per image."
+    )
+    write_table(rows, args.output / "crr_foreground_share", intro=intro, float_format=".3f")
 
 
 if __name__ == "__main__":

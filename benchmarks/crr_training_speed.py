@@ -29,18 +29,14 @@ Writes ``<output>/crr_training_speed_<preset>_<crop>_<device>.csv`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import csv
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import interleaved_medians
-
 from anomalib_crr.demo import SMOKE_MODEL_ARGS
+from benchmarks.common import interleaved_medians, random_init_dinomaly, write_table
 
 PRESETS: dict[str, dict[str, Any]] = {
     # configs/model/crr_smoke.yaml: 4 encoder blocks, 4 decoder blocks, narrow seg head.
@@ -53,22 +49,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def build_dinomaly(encoder: str, architecture: dict[str, Any]) -> torch.nn.Module:
     """Build anomalib's DinomalyModel with a random-init encoder (Dinomaly hard-codes ``pre_trained=True``)."""
-    import anomalib.models.image.dinomaly.torch_model as dinomaly_torch
-    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
-
-    def random_init_extractor(*args: Any, **kwargs: Any) -> TimmFeatureExtractor:
-        kwargs["pre_trained"] = False
-        return TimmFeatureExtractor(*args, **kwargs)
-
     keys = ("target_layers", "decoder_depth", "fuse_layer_encoder", "fuse_layer_decoder")
-    original = dinomaly_torch.TimmFeatureExtractor
-    dinomaly_torch.TimmFeatureExtractor = random_init_extractor
-    try:
+    with random_init_dinomaly() as dinomaly_torch:
         model = dinomaly_torch.DinomalyModel(
             encoder_name=encoder, **{k: architecture[k] for k in keys if k in architecture}
         )
-    finally:
-        dinomaly_torch.TimmFeatureExtractor = original
     # anomalib 2.7's DinomalyModel accepts custom groups but only ever stores the defaults.
     for key in ("fuse_layer_encoder", "fuse_layer_decoder"):
         if key in architecture:
@@ -203,22 +188,6 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
     return rows
 
 
-def write(rows: list[dict[str, object]], output: Path, name: str, note: str) -> None:
-    """CSV and a markdown table (with ``note`` above it)."""
-    output.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    with (output / f"{name}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [note, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += [
-        "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |" for row in rows
-    ]
-    (output / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
 def main() -> None:
     """Parse arguments, time, write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -251,7 +220,8 @@ def main() -> None:
         "Dinomaly's per training image. anomalib's Dinomaly runs every encoder block (timm "
         "`forward_intermediates` without `stop_early`); CRR stops after the deepest target block, as the official code."
     )
-    write(rows, args.output, f"crr_training_speed_{args.preset}_{args.crop}_{args.device.split(':')[0]}", note)
+    name = f"crr_training_speed_{args.preset}_{args.crop}_{args.device.split(':')[0]}"
+    write_table(rows, args.output / name, intro=note, float_format=".3f")
 
 
 if __name__ == "__main__":

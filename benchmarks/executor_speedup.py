@@ -23,6 +23,7 @@ import pandas as pd
 
 from anomalib_crr.benchmark import run
 from anomalib_crr.benchmark.metrics import MAD, METRICS
+from benchmarks.common import write_table
 
 
 def _cpu() -> str:
@@ -81,22 +82,13 @@ def main() -> None:
                 "cores": len(os.sched_getaffinity(0)),
             }
         )
-    table = pd.DataFrame(rows)
-    args.output.mkdir(parents=True, exist_ok=True)
+    notes = (
+        "`pool` includes re-timing every job's inference alone at the end (--exclusive-timing, the default);\n"
+        "`shared timing` skips it (--no-exclusive-timing). Wall time = the whole invocation, start-up included."
+    )
+    title = f"`{args.config}`: sequential (`local`) vs `pool`, wall time of a fresh run (median of {args.repeats})"
     stem = args.output / f"executor_speedup_{Path(args.config).stem}"
-    table.to_csv(stem.with_suffix(".csv"), index=False)
-    lines = [
-        f"# `{args.config}`: sequential (`local`) vs `pool`, wall time of a fresh run (median of {args.repeats})",
-        "",
-        "| " + " | ".join(table.columns) + " |",
-        "|" + "---|" * len(table.columns),
-        *("| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)),
-        "",
-        "`pool` includes re-timing every job's inference alone at the end (--exclusive-timing, the default);",
-        "`shared timing` skips it (--no-exclusive-timing). Wall time = the whole invocation, start-up included.",
-    ]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(rows, stem, title, notes, float_format="")
     shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -64,11 +64,9 @@ from typing import Any
 import torch
 import yaml
 
-BENCHMARKS = Path(__file__).resolve().parent
-REPO = BENCHMARKS.parent
-sys.path.insert(0, str(BENCHMARKS))
-from crr_training_speed import build_crr, build_dinomaly  # noqa: E402
-from inference_speed import interleaved_medians  # noqa: E402
+from benchmarks.common import ROOT as REPO
+from benchmarks.common import interleaved_medians
+from benchmarks.crr_training_speed import build_crr, build_dinomaly
 
 PARTS = ("environment", "fidelity", "training", "inference", "smoke", "mfrnet_paper", "estimate")
 # Seconds per part on a GPU: about 8 minutes in all (the device is lent for ~15 minutes, start-up included,

@@ -23,7 +23,6 @@ Writes ``<output>/inference_speed_<size>_<crop>_<device>.csv`` and ``.md`` (``se
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import sys
@@ -33,78 +32,15 @@ from pathlib import Path
 
 import torch
 
-
-def interleaved_medians(
-    candidates: dict[str, Callable[[], object]],
-    runs: int,
-    warmup: int,
-    synchronize: Callable[[], None] | None = None,
-    grad: bool = False,
-    events: bool = False,
-    verbose: bool = True,
-) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed round-robin so load drifts hit all of them alike.
-
-    Args:
-        candidates: Name -> call to time.
-        runs: Timed rounds.
-        warmup: Untimed rounds first.
-        synchronize: Called around each timed call (default: ``torch.cuda.synchronize`` when CUDA is present).
-        grad: Keep autograd on (training steps); inference timings run under ``torch.inference_mode``.
-        events: On CUDA, time each call with CUDA events (GPU time between the two records, so host-side
-            jitter between the call and the synchronisation does not count); wall clock elsewhere.
-        verbose: Print each round's times.
-    """
-    use_events = events and torch.cuda.is_available()
-    if synchronize is None:
-        synchronize = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    times: dict[str, list[float]] = {name: [] for name in candidates}
-    with torch.inference_mode(mode=not grad):
-        for round_index in range(warmup + runs):
-            for name, call in candidates.items():
-                synchronize()
-                if use_events:
-                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    begin.record()
-                    call()
-                    end.record()
-                    synchronize()
-                    elapsed = begin.elapsed_time(end) / 1000
-                else:
-                    start = time.perf_counter()
-                    call()
-                    synchronize()
-                    elapsed = time.perf_counter() - start
-                if round_index >= warmup:
-                    times[name].append(elapsed)
-            if verbose:
-                print(
-                    f"round {round_index}: " + ", ".join(f"{n}={v[-1]:.4f}s" for n, v in times.items() if v), flush=True
-                )
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    """Number of parameters of ``module`` (trainable or not)."""
-    return sum(p.numel() for p in module.parameters())
+from benchmarks.common import count_parameters, interleaved_medians, random_init_dinomaly, write_table
 
 
 def build_dinomaly(encoder: str) -> torch.nn.Module:
     """Build anomalib's Dinomaly with a random-init encoder (it hard-codes a download otherwise)."""
-    import anomalib.models.image.dinomaly.torch_model as dinomaly_torch
     from anomalib.models import Dinomaly
-    from anomalib.models.components.feature_extractors import TimmFeatureExtractor
 
-    def random_init_extractor(*args, **kwargs) -> TimmFeatureExtractor:
-        kwargs["pre_trained"] = False  # Dinomaly passes pre_trained=True explicitly
-        return TimmFeatureExtractor(*args, **kwargs)
-
-    original = dinomaly_torch.TimmFeatureExtractor
-    dinomaly_torch.TimmFeatureExtractor = random_init_extractor
-    try:
+    with random_init_dinomaly():
         return Dinomaly(encoder_name=encoder).model.eval()
-    finally:
-        dinomaly_torch.TimmFeatureExtractor = original
 
 
 def _with_head(crr: torch.nn.Module, head: torch.nn.Module | None, **flags: object) -> Callable[[], None]:
@@ -298,20 +234,6 @@ def run_startup(runs: int) -> list[dict[str, object]]:
     return rows
 
 
-def _write(rows: list[dict[str, object]], output: Path, name: str) -> None:
-    output.mkdir(parents=True, exist_ok=True)
-    keys = list(rows[0])
-    with (output / f"{name}.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    (output / f"{name}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
 def main() -> None:
     """Parse arguments and run the chosen benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -328,14 +250,15 @@ def main() -> None:
     parser.add_argument("--head-macs", action="store_true", help="only count the seg head's MACs per width")
     args = parser.parse_args()
     if args.startup:
-        _write(run_startup(max(args.runs, 10)), args.output, "startup")
+        write_table(run_startup(max(args.runs, 10)), args.output / "startup", float_format=".3f")
         return
     encoder_tag = args.encoder.split("_")[1]
     if args.head_macs:
-        _write(run_head_macs(args), args.output, f"seg_head_macs_{encoder_tag}_{args.crop}")
+        write_table(run_head_macs(args), args.output / f"seg_head_macs_{encoder_tag}_{args.crop}", float_format=".3f")
         return
     rows = run_speed(args)
-    _write(rows, args.output, f"inference_speed_{encoder_tag}_{args.crop}_{args.device.split(':')[0]}")
+    name = f"inference_speed_{encoder_tag}_{args.crop}_{args.device.split(':')[0]}"
+    write_table(rows, args.output / name, float_format=".3f")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,12 +43,9 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import interleaved_medians
-from int8_fit import DEFAULT_CKPT_DIR, load_fitted, model_args
-from real_data import _write, build_datamodule
+from benchmarks.common import RESULTS, build_datamodule, interleaved_medians, write_table
+from benchmarks.int8_fit import DEFAULT_CKPT_DIR, load_fitted, model_args
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 256
 VARIANTS = ("torch", "FP32", "FP16", "INT8", "INT8_PTQ", "INT8_ACQ", "INT8_PTQ_whole_graph")
 
@@ -385,11 +381,6 @@ def measure(
     return list(rows.values())
 
 
-def write(rows: list[dict[str, Any]], path: Path, title: str, notes: str) -> None:
-    """CSV and markdown tables (``real_data``'s writer)."""
-    _write(rows, path, title, notes)
-
-
 def main() -> None:
     """Measure every requested dataset and model, write one table per dataset."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -412,7 +403,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--runs", type=int, default=10, help="timed round-robin runs; 0: accuracy only")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--append", action="store_true", help="keep the other rows of an existing table")
     parser.add_argument("--profile", action="store_true", help="also write each IR's time per torch module")
     args = parser.parse_args()
@@ -437,7 +428,7 @@ def main() -> None:
                     "path cut to 3 levels; `(root)`: the model's own forward, `(unattributed)`: operations OpenVINO "
                     "inserted). The sum is slightly more than the wall time (counters include some overlap)."
                 )
-                write(profiles, profile_path, f"Where each IR spends its time, {dataset}, {SIZE}²", profile_note)
+                write_table(profiles, profile_path, f"Where each IR spends its time, {dataset}, {SIZE}²", profile_note)
             notes = (
                 f"CPU: {cpu}. {args.threads} threads, INFERENCE_PRECISION_HINT=f32, "
                 f"median of {args.runs} round-robin runs. Weights: lite0 ImageNet (CNN models), random ViT-S/14 (CRR: "
@@ -445,7 +436,7 @@ def main() -> None:
                 "validation split."
             )
             # written after each model: a long run keeps what it measured
-            write(rows, path, f"INT8 deployment, {dataset}, {SIZE}²", notes)
+            write_table(rows, path, f"INT8 deployment, {dataset}, {SIZE}²", notes)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -16,22 +16,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from real_data import MODELS, build_datamodule, build_model, default_mfrnet_epochs
+from benchmarks.common import MODELS, RESULTS, build_datamodule, build_model, default_mfrnet_epochs
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CKPT_DIR = ROOT / "benchmarks" / "results" / "int8_models"
+DEFAULT_CKPT_DIR = RESULTS / "int8_models"
 
 
 def model_args(image_size: int = 256, coreset: float = 0.1, mfrnet_epochs: int | None = None) -> argparse.Namespace:
-    """The ``real_data.build_model`` arguments used for every INT8 measurement."""
+    """The ``common.build_model`` arguments used for every INT8 measurement."""
     epochs = default_mfrnet_epochs() if mfrnet_epochs is None else mfrnet_epochs
     return argparse.Namespace(image_size=image_size, coreset=coreset, mfrnet_epochs=epochs)
 
@@ -42,7 +39,7 @@ def checkpoint_path(ckpt_dir: Path, dataset: str, name: str) -> Path:
 
 
 def load_fitted(ckpt_dir: Path, dataset: str, name: str, args: argparse.Namespace, path: Path | None = None) -> Any:
-    """The model of ``real_data.build_model`` with the fitted weights (memory bank, statistics, thresholds)."""
+    """The model of ``common.build_model`` with the fitted weights (memory bank, statistics, thresholds)."""
     model, _ = build_model(name, args)
     path = checkpoint_path(ckpt_dir, dataset, name) if path is None else path
     state = torch.load(path, map_location="cpu", weights_only=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import real_data
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import (
+    BORDER_FRACTION,
+    DATASETS,
+    RESULTS,
+    build_datamodule,
+    build_model,
+    default_mfrnet_epochs,
+)
 
 
 @torch.no_grad()
@@ -45,7 +48,7 @@ def _discrepancies(model: Any, dataloader: Any, with_targets: bool) -> dict[str,
     model.eval()
     maps, term_maps, labels, masks, paths = [], [], [], [], []
     for batch in dataloader:
-        images = model._images(batch)
+        images = model.raw_batch_images(batch)
         features = model.model.aggregator(images)
         terms = model.model.discrepancy_terms(features)
         maps.append(model.model.combine(terms).float())
@@ -75,10 +78,10 @@ def fit_and_dump(args: argparse.Namespace, seed: int) -> Path:
         return path
     seed_everything(seed, workers=True)
     real_args = argparse.Namespace(image_size=args.image_size, mfrnet_epochs=args.epochs, coreset=0.1)
-    model, _ = real_data.build_model("MFRNet", real_args)
+    model, _ = build_model("MFRNet", real_args)
     if args.epochs == 0:
         model.lr = 0.0  # one epoch at lr 0: the restorer stays at its initialisation (the parameter-free inpainting)
-    datamodule = real_data.build_datamodule(args.dataset, 8, 0, args.image_size if args.keep_aspect else None)
+    datamodule = build_datamodule(args.dataset, 8, 0, args.image_size if args.keep_aspect else None)
     datamodule.setup()
     held_out = None
     if args.stats_holdout:
@@ -149,7 +152,7 @@ def _upsampled_max(maps: torch.Tensor, image_size: int, sigma: float = 4.0, inne
     full = F.interpolate(maps[:, None], size=(image_size, image_size), mode="bilinear", align_corners=False)
     full = _blur(full[:, 0], sigma)
     if inner:
-        band = round(image_size * real_data.BORDER_FRACTION)
+        band = round(image_size * BORDER_FRACTION)
         full = full[:, band:-band, band:-band]
     return full.flatten(1).amax(1)
 
@@ -212,7 +215,7 @@ def evaluate(paths: list[Path], stats_from: str) -> list[dict[str, Any]]:
         dump = torch.load(path, weights_only=False)
         train = dump[stats_from]["d"] if stats_from in dump else dump["train"]["d"]
         test = dump["test"]
-        for region, band in (("all", 0), ("inner", round(train.shape[-1] * real_data.BORDER_FRACTION))):
+        for region, band in (("all", 0), ("inner", round(train.shape[-1] * BORDER_FRACTION))):
             tr, te = (m[:, band : m.shape[1] - band, band : m.shape[2] - band] for m in (train, test["d"]))
             for name, score in candidate_scores(tr, te, dump["image_size"] * tr.shape[-1] // train.shape[-1]).items():
                 rows.append(
@@ -295,7 +298,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> None:
     """Fit (or reuse) the dumps, score every candidate, write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--dataset", choices=sorted(real_data.DATASETS), default="tire")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="tire")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=None, help="default: configs/model/mfrnet.yaml; 0 = untrained")
     parser.add_argument("--image-size", type=int, default=256)
@@ -304,10 +307,10 @@ def main() -> None:
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--keep-aspect", action="store_true", help="resize keeping the aspect ratio, pad to square")
     parser.add_argument("--pixel-report", action="store_true", help="also pixel AUROC per defect type")
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.epochs is None:
-        args.epochs = real_data.default_mfrnet_epochs()
+        args.epochs = default_mfrnet_epochs()
     if args.evaluate_only:
         paths = sorted((args.output / "dumps").glob(f"{args.dataset}_s*.pt"))
     else:

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.abc
+import importlib.machinery
 import sys
 import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -56,17 +59,35 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    """Finds top-level modules in the official checkout only; everything else falls through to the usual finders."""
+
+    def __init__(self, checkout: Path) -> None:
+        self.checkout = str(checkout)
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        """A top-level name found in the checkout; submodules resolve through their package's ``__path__``."""
+        if path is not None:
+            return None
+        return importlib.machinery.PathFinder.find_spec(fullname, [self.checkout], target)
+
+
 @contextlib.contextmanager
 def official_imports(checkout: Path) -> Iterator[None]:
-    """Put the checkout first on ``sys.path`` (its top-level packages are ``models``, ``dinov2``, ...)."""
+    """Resolve the checkout's top-level packages (``models``, ``dinov2``, ...) first inside this block.
+
+    The official code is not an installable package: its modules import each other by top-level name. A finder
+    in front of ``sys.meta_path`` gives them those names without editing ``sys.path``, and is removed on exit.
+    """
     if not (checkout / "models" / "uad.py").is_file():
         msg = f"'{checkout}' is not a CRR-MUAD checkout (no models/uad.py)"
         raise SystemExit(msg)
-    sys.path.insert(0, str(checkout))
+    finder = _CheckoutFinder(checkout)
+    sys.meta_path.insert(0, finder)
     try:
         yield
     finally:
-        sys.path.remove(str(checkout))
+        sys.meta_path.remove(finder)
 
 
 def build_official(arch: str, weights_dir: Path) -> tuple[nn.Module, nn.Module]:

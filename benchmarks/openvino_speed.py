@@ -20,9 +20,7 @@ Writes ``<output>/openvino_speed_<model>_<size>.csv`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -31,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import interleaved_medians
+from benchmarks.common import interleaved_medians, write_table
 
 
 def build(args: argparse.Namespace) -> tuple[Any, int]:
@@ -151,25 +148,19 @@ def main() -> None:
         }
         for name, seconds in medians.items()
     ]
-    args.output.mkdir(parents=True, exist_ok=True)
-    with (args.output / f"openvino_speed_{label}.csv").open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
     cpu = f"{os.cpu_count()} CPU cores visible, {args.threads} threads"
-    lines = [
-        f"# {label}: batch {args.batch}, {cpu}, median of {args.runs} round-robin runs",
-        "",
-        "| runtime | ms / batch | speed-up vs torch | max abs diff pred_score | max abs diff anomaly_map |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {r['runtime']} | {r['ms_per_batch']} | {r['speedup_vs_torch']} | {r['max_abs_diff_pred_score']} | "
-            f"{r['max_abs_diff_anomaly_map']} |"
-            for r in rows
-        ),
-    ]
-    (args.output / f"openvino_speed_{label}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_table(
+        rows,
+        args.output / f"openvino_speed_{label}",
+        f"{label}: batch {args.batch}, {cpu}, median of {args.runs} round-robin runs",
+        float_format="",
+        headers={
+            "ms_per_batch": "ms / batch",
+            "speedup_vs_torch": "speed-up vs torch",
+            "max_abs_diff_pred_score": "max abs diff pred_score",
+            "max_abs_diff_anomaly_map": "max abs diff anomaly_map",
+        },
+    )
 
 
 if __name__ == "__main__":

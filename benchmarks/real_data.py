@@ -43,26 +43,28 @@ import argparse
 import csv
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import count_parameters, interleaved_medians
+from benchmarks.common import (
+    BORDER_FRACTION,
+    DATASETS,
+    MODELS,
+    RESULTS,
+    WEIGHTS,
+    build_datamodule,
+    build_model,
+    count_parameters,
+    default_mfrnet_epochs,
+    interleaved_medians,
+    typed_row,
+    write_table,
+)
+from benchmarks.mfrnet_image_score import dump_discrepancies, inner_envelope_auroc
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-DATASETS = {
-    "tire": {"root": SHARED / "data" / "mvtec3d_rgb", "category": "tire"},
-    "mt": {"root": SHARED / "data" / "magnetic_tile" / "mt", "category": "mt"},
-}
-WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
-MODELS = ("MFRNet", "PatchCore", "Padim", "MFRNet-repair")
-MFRNET_CONFIG = ROOT / "configs" / "model" / "mfrnet.yaml"
 # The first release's defaults, for the "before" row of the cost table.
 FIRST_RELEASE = {
     "feature_stride": 4,
@@ -81,11 +83,6 @@ FIRST_RELEASE = {
 FIRST_RELEASE_LAYERS = {"resnet18": ["layer1", "layer2", "layer3"], "wide_resnet50_2": ["layer1", "layer2", "layer3"]}
 
 
-def default_mfrnet_epochs() -> int:
-    """``trainer.max_epochs`` of the shipped default config."""
-    return int(yaml.safe_load(MFRNET_CONFIG.read_text())["trainer"]["max_epochs"])
-
-
 METRIC_KEYS = {  # result column: evaluator metric name
     "image_AUROC": "image_AUROC",
     "image_AUROC_inner": "image_InnerMaxAUROC",
@@ -93,132 +90,6 @@ METRIC_KEYS = {  # result column: evaluator metric name
     "pixel_AUPRO": "pixel_AUPRO",
     "pixel_AUPRO_location_only": "pixel_LocationOnlyAUPRO",
 }
-BORDER_FRACTION = 1 / 16  # 16 px at 256²: one stride-16 feature cell
-
-
-def _evaluator() -> Any:
-    from anomalib.metrics import AUPRO, AUROC, Evaluator
-    from torchmetrics.classification import BinaryROC
-
-    from anomalib_crr.benchmark.metrics import LocationOnlyAUPRO
-
-    class InnerMaxAUROC(AUROC):
-        """Image AUROC of each anomaly map's maximum inside the border band (see the module docstring)."""
-
-        def update(self, batch: Any, *args: Any, **kwargs: Any) -> None:
-            del args, kwargs
-            height, width = batch.anomaly_map.shape[-2:]
-            rows, cols = round(height * BORDER_FRACTION), round(width * BORDER_FRACTION)
-            inner = batch.anomaly_map[..., rows : height - rows, cols : width - cols].flatten(1).amax(dim=1)
-            BinaryROC.update(self, inner, batch.gt_label.int())
-
-    return Evaluator(
-        test_metrics=[
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            InnerMaxAUROC(fields=["anomaly_map", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", fpr_limit=0.3),
-            LocationOnlyAUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", fpr_limit=0.3),
-        ]
-    )
-
-
-def build_datamodule(dataset: str, batch_size: int, num_workers: int, keep_aspect_size: int | None = None) -> Any:
-    """MVTecAD for tire (PNG); Folder for magnetic tile (grayscale JPEG, converted to RGB by anomalib's reader).
-
-    ``keep_aspect_size``: resize each image (and mask) so that its longer side is this size and pad it with black
-    to a square, instead of squashing it (images of very different aspect ratios, e.g. magnetic tile).
-    """
-    from anomalib.data import Folder, MVTecAD
-
-    info = DATASETS[dataset]
-    if not Path(info["root"]).is_dir():
-        msg = f"Dataset folder not found: {info['root']}"
-        raise SystemExit(msg)
-    common: dict[str, Any] = {"train_batch_size": batch_size, "eval_batch_size": batch_size, "num_workers": num_workers}
-    if keep_aspect_size is not None:
-        from torchvision.transforms.v2 import CenterCrop, Compose, Resize
-
-        side = keep_aspect_size
-        common["augmentations"] = Compose([Resize(size=None, max_size=side, antialias=True), CenterCrop(side)])
-    if dataset == "tire":
-        return MVTecAD(root=info["root"], category=info["category"], **common)
-    root = Path(info["root"])
-    defects = sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name != "good")
-    return Folder(
-        name="magnetic_tile",
-        root=root,
-        normal_dir="train/good",
-        normal_test_dir="test/good",
-        abnormal_dir=[f"test/{d}" for d in defects],
-        mask_dir=[f"ground_truth/{d}" for d in defects],
-        extensions=(".jpg", ".JPG", ".png"),
-        # Folder's default (from_test) moves half of the test images, a different half per model and seed, to
-        # validation; MVTecAD (tire) tests on the whole set. Every model here is tested on the whole set.
-        val_split_mode="same_as_test",
-        **common,
-    )
-
-
-def build_model(name: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """A model for the comparison and a description of its configuration."""
-    from anomalib.pre_processing import PreProcessor
-    from torchvision.transforms.v2 import Compose, Normalize, Resize
-
-    from anomalib_crr import MFRNet
-    from anomalib_crr.models.mfrnet.components import load_backbone_weights
-
-    size = (args.image_size, args.image_size)
-    lite_norm = PreProcessor(
-        transform=Compose([Resize(size, antialias=True), Normalize(mean=[0.5] * 3, std=[0.5] * 3)])
-    )
-    if name in {"MFRNet", "MFRNet-repair"}:
-        model = MFRNet(
-            backbone="tf_efficientnet_lite0",
-            pre_trained=False,
-            weights_path=WEIGHTS,
-            repair=name == "MFRNet-repair",  # CRR's synthetic anomalies, restored toward the clean features
-            dtd_dir=None,
-            pre_processor=MFRNet.configure_pre_processor(size),
-            evaluator=_evaluator(),
-        )
-        hp = model.hparams
-        config = (
-            f"defaults: {'+'.join(model.model.aggregator.layers)} stride {model.model.aggregator.feature_stride}, "
-            f"k={list(model.model.cell_sizes)}, restorer d{hp.stem_dim}/D{hp.embed_dim}/L{hp.depth}/p{hp.patch_size}, "
-            f"lambda_ssim {hp.lambda_ssim:g}, {'whitened' if hp.whiten_residual else 'plain'} squared error, "
-            f"{model.model.test_grid.value} test grid, {model.model.image_score.value} image score"
-            + (", repair (synthetic anomalies -> clean features)" if hp.repair else "")
-        )
-        return model, {"config": config, "epochs": args.mfrnet_epochs}
-    if name == "PatchCore":
-        from anomalib.models import Patchcore
-
-        model = Patchcore(
-            backbone="tf_efficientnet_lite0",
-            layers=("blocks.2", "blocks.4"),
-            pre_trained=False,
-            coreset_sampling_ratio=args.coreset,
-            pre_processor=lite_norm,
-            evaluator=_evaluator(),
-        )
-        load_backbone_weights(model.model.feature_extractor.feature_extractor, WEIGHTS)
-        return model, {"config": f"blocks.2+blocks.4, coreset {args.coreset}", "epochs": 1}
-    if name == "Padim":
-        from anomalib.models import Padim
-
-        model = Padim(
-            backbone="tf_efficientnet_lite0",
-            layers=["blocks.1", "blocks.2", "blocks.4"],
-            pre_trained=False,
-            n_features=100,
-            pre_processor=lite_norm,
-            evaluator=_evaluator(),
-        )
-        load_backbone_weights(model.model.feature_extractor.feature_extractor, WEIGHTS)
-        return model, {"config": "blocks.1+blocks.2+blocks.4, 100 random features", "epochs": 1}
-    msg = f"Unknown model {name!r}; choose from {MODELS}"
-    raise SystemExit(msg)
 
 
 def fit_timed(engine: Any, model: Any, datamodule: Any) -> tuple[float, float]:
@@ -252,7 +123,7 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
             fit_s, load = fit_timed(engine, model, datamodule)
             metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
             run = {"model": name, "seed": seed, **info, "fit_s": fit_s, "load_avg_1min_at_start": load}
-            rows.append(_result_row(run, metrics, time.perf_counter() - start))
+            rows.append(result_row(run, metrics, time.perf_counter() - start))
             if name.startswith("MFRNet"):
                 mfrnet_envelope_inner(rows[-1], model, datamodule, args, seed)
             print(rows[-1], flush=True)
@@ -266,7 +137,7 @@ def run_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
                 _use_test_grid(model, grid, datamodule)
                 metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
                 config = info["config"].replace(f"{default_grid} test grid", f"{grid} test grid")
-                rows.append(_result_row({**run, "config": config}, metrics, time.perf_counter() - rescore_start))
+                rows.append(result_row({**run, "config": config}, metrics, time.perf_counter() - rescore_start))
                 print(rows[-1], flush=True)
     return rows
 
@@ -280,8 +151,6 @@ def mfrnet_envelope_inner(
     read from the map, so its inner counterpart is the same envelope score with the band's feature positions left
     out (``mfrnet_image_score.envelope_score``). The map-maximum version stays as ``image_AUROC_inner_map_max``.
     """
-    from mfrnet_image_score import dump_discrepancies, inner_envelope_auroc
-
     from anomalib_crr.models.mfrnet.components import ImageScore
 
     dump = dump_discrepancies(model, datamodule, image_size=args.image_size, fit_s=row["fit_s"])
@@ -293,7 +162,7 @@ def mfrnet_envelope_inner(
         row["image_AUROC_inner"] = inner_envelope_auroc(model.model.normal_envelope, dump, BORDER_FRACTION)
 
 
-def _result_row(run: dict[str, Any], metrics: dict[str, Any], total_s: float) -> dict[str, Any]:
+def result_row(run: dict[str, Any], metrics: dict[str, Any], total_s: float) -> dict[str, Any]:
     """One run's row: its description, the test metrics and the time."""
     scores = {key: float(metrics[metric]) for key, metric in METRIC_KEYS.items()}
     return {**run, **scores, "total_s": total_s}
@@ -323,20 +192,6 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.append(entry)
     return summary
-
-
-def _typed(row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row with its numbers back as numbers."""
-    typed: dict[str, Any] = {}
-    for key, value in row.items():
-        try:
-            typed[key] = int(value)
-        except ValueError:
-            try:
-                typed[key] = float(value)
-            except ValueError:
-                typed[key] = value
-    return typed
 
 
 def count_macs(model: torch.nn.Module, images: torch.Tensor) -> float:
@@ -405,25 +260,6 @@ def run_speed(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _write(rows: list[dict[str, Any]], path: Path, title: str, notes: str = "") -> None:
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    with path.with_suffix(".csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [f"# {title}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        cells = [f"{row[k]:.4g}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
-        lines.append("| " + " | ".join(cells) + " |")
-    if notes:
-        lines += ["", notes]
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-
 def main() -> None:
     """Parse arguments, run the accuracy comparison and the speed comparison, write the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -456,7 +292,7 @@ def main() -> None:
         help="summarise these real_data_<dataset>_runs.csv files (e.g. one per seed, run in parallel) instead of "
         "training",
     )
-    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--dump-dir",
         type=Path,
@@ -471,7 +307,7 @@ def main() -> None:
         raise SystemExit(msg)
 
     if args.from_runs:
-        rows = [_typed(row) for path in args.from_runs for row in csv.DictReader(path.open())]
+        rows = [typed_row(row) for path in args.from_runs for row in csv.DictReader(path.open())]
         args.seeds = sorted({row["seed"] for row in rows})
         mfrnet_epochs = sorted({int(row["epochs"]) for row in rows if row["model"] == "MFRNet"})
         args.mfrnet_epochs = " / ".join(map(str, mfrnet_epochs)) or args.mfrnet_epochs
@@ -479,7 +315,7 @@ def main() -> None:
         rows = run_accuracy(args)
     if args.from_runs or not args.skip_accuracy:
         name = f"real_data_{args.dataset}"
-        _write(rows, args.output / f"{name}_runs", f"{args.dataset}, {args.image_size}², every run")
+        write_table(rows, args.output / f"{name}_runs", f"{args.dataset}, {args.image_size}², every run")
         title = (
             f"{args.dataset}, {args.image_size}x{args.image_size}, EfficientNet-Lite0 ImageNet weights, "
             f"seeds {args.seeds}: mean and std over seeds"
@@ -488,7 +324,7 @@ def main() -> None:
             "CPU, 2 cores shared with other jobs: fit_s depends on the load (load_avg_1min_at_start in the "
             f"_runs table). MFRNet epochs: {args.mfrnet_epochs}; PatchCore coreset ratio {args.coreset}."
         )
-        _write(summarize(rows), args.output / name, title, notes)
+        write_table(summarize(rows), args.output / name, title, notes)
     if args.speed_backbones:
         speed = run_speed(args)
         title = (
@@ -499,7 +335,7 @@ def main() -> None:
             "Same backbone for both (random init). first_release_* = MFRNet's first-release defaults (layer1-3 on a "
             "stride-4 grid, restorer d256/D512/L8, k = 2/4/8) on the same backbone."
         )
-        _write(speed, args.output / "mfrnet_vs_rd_speed", title, notes)
+        write_table(speed, args.output / "mfrnet_vs_rd_speed", title, notes)
 
 
 if __name__ == "__main__":
