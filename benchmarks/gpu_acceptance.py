@@ -490,7 +490,8 @@ def _precision_skip(ctx: Context, precision: str) -> str | None:
     return None
 
 
-def part_training(ctx: Context) -> list[Row]:
+# Long on purpose: one measured part of the acceptance script, read top to bottom as the GPU run's log.
+def part_training(ctx: Context) -> list[Row]:  # noqa: PLR0915
     """CRR stage I / II, Dinomaly and INP-Former optimizer steps in 32-true, 16-mixed and bf16-mixed."""
     p, s = "training", ctx.scale
     rows: list[Row] = []

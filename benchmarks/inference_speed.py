@@ -56,7 +56,8 @@ def _with_head(crr: torch.nn.Module, head: torch.nn.Module | None, **flags: obje
     return apply
 
 
-def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:
+# Long on purpose: builds every model of the round-robin in one place so they are timed in one process.
+def run_speed(args: argparse.Namespace) -> list[dict[str, object]]:  # noqa: PLR0915
     """Time Dinomaly and CRR after each inference step; check that the fp32 steps keep the fused map.
 
     Steps (each on top of the previous): the head as trained (conv → BatchNorm → ReLU, "today"); BatchNorm

@@ -290,7 +290,8 @@ def onnx_module_paths(model: Any, root: Path) -> dict[str, str]:
     return node_module_paths(Path(cpu_engine(root).export(model, ExportType.ONNX, root, input_size=(SIZE, SIZE))))
 
 
-def measure(
+# Long on purpose: one measurement sequence (fit, export FP32/INT8, score, time) kept in its run order.
+def measure(  # noqa: PLR0915
     name: str, dataset: str, args: argparse.Namespace, profiles: list[dict[str, Any]] | None = None
 ) -> list[dict[str, Any]]:
     """Every variant of one (dataset, model): accuracy, agreement with torch, latency and throughput.

@@ -64,7 +64,8 @@ def _sibling(module: str | None, level: int, this: str) -> str | None:
     return None
 
 
-def private_imports(tree: ast.AST) -> list[str]:
+# Long on purpose: one branch per import form the AST can hold.
+def private_imports(tree: ast.AST) -> list[str]:  # noqa: PLR0912
     """Private names imported from another module, or read as ``module._name`` off an imported benchmarks module."""
     found = []
     aliases: set[str] = set()  # local names bound to a benchmarks module

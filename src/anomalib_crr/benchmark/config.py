@@ -400,7 +400,8 @@ def _parse_dataset(entry: dict[str, Any], where: str) -> DatasetSpec:
     )
 
 
-def load_config(source: str | Path | dict[str, Any], output: str | Path | None = None) -> BenchmarkConfig:
+# Long on purpose: one pass over the config's top-level keys, each with its own check and error.
+def load_config(source: str | Path | dict[str, Any], output: str | Path | None = None) -> BenchmarkConfig:  # noqa: PLR0912, PLR0915
     """Read and validate a benchmark config (a YAML path or an already-loaded mapping).
 
     Args:
@@ -512,7 +513,8 @@ MODEL_MODULES = ("anomalib.models", "anomalib_crr")
 DATA_MODULES = ("anomalib.data", "anomalib_crr.data")
 
 
-def validate_classes(config: BenchmarkConfig) -> None:
+# Long on purpose: one branch per kind of class path in a config, each naming its own error.
+def validate_classes(config: BenchmarkConfig) -> None:  # noqa: PLR0912
     """Import every model/datamodule class and check its type and init args (imports anomalib: ~10 s).
 
     Raises:

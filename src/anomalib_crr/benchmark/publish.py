@@ -66,7 +66,8 @@ def _job_seconds(job_dir: Path) -> float:
     return (job_dir / "result.json").stat().st_mtime - (job_dir / "job.json").stat().st_mtime
 
 
-def run_section(run_dir: Path, docs: Path, copy: bool, context: str | None) -> list[str]:
+# Long on purpose: writes one docs section in document order.
+def run_section(run_dir: Path, docs: Path, copy: bool, context: str | None) -> list[str]:  # noqa: PLR0915
     """The markdown section of one run folder (and, with ``copy``, its files under ``docs/benchmarks/``)."""
     payload = json.loads((run_dir / "results.json").read_text())
     results, rows = payload["jobs"], payload["rows"]

@@ -221,7 +221,8 @@ def _prepare(jobs: list[JobSpec], output: Path, rerun: bool, summary: RunSummary
     return queued
 
 
-def run(
+# Long on purpose: the run's sequence (plan, execute, interrupt, re-time, report) in one place.
+def run(  # noqa: PLR0915
     config: str | Path | dict[str, Any],
     output: str | Path | None = None,
     only: str | None = None,

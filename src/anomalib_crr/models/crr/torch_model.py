@@ -104,7 +104,8 @@ class CrrModel(nn.Module):
         token_stride: CNN path only: input pixels per token (``None``: the finest target stage's stride).
     """
 
-    def __init__(
+    # Long on purpose: assigns the parts in the official order, so the state-dict keys match the official model.
+    def __init__(  # noqa: PLR0915
         self,
         encoder_name: str = "vit_base_patch14_reg4_dinov2",
         encoder_weights: str | Path | None = "pretrained",
