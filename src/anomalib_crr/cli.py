@@ -3,6 +3,9 @@
 
 """``anomalib-crr``: anomalib's CLI with the plugin's models loaded, plus ``demo`` and ``benchmark`` subcommands.
 
+Over 400 lines on purpose: one subcommand parser per command (train/test/predict/export pass-through, demo,
+benchmark and its compare/publish), each with the short errors of the own-data flow.
+
 ``anomalib-crr train --model CRR ...`` behaves exactly like ``anomalib train`` after
 ``import anomalib_crr``, so it works even where the start-up hook (``anomalib_crr_hook.pth``) is
 disabled or was not installed. One difference: ``anomalib-crr predict``/``export`` accept a training run's

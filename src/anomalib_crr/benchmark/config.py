@@ -3,6 +3,9 @@
 
 """Benchmark configuration: parsing, placeholder expansion, validation and the job list.
 
+Over 400 lines on purpose: every check a config gets before any job starts, and each one's error text; split, the
+checks would lose the one place that lists them (issue 36 leaves it whole).
+
 A config is models × datasets × seeds (see ``configs/benchmark/*.yaml``). Everything that can be checked
 without training is checked here, *before any job starts*, and every problem is reported as a
 :class:`ConfigError` naming the file, the entry and the key: unknown top-level or entry keys, model classes

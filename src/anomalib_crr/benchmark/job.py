@@ -3,6 +3,8 @@
 
 """One benchmark job, run in its own process: ``python -m anomalib_crr.benchmark.job_main <job_dir>/job.json``.
 
+Over 400 lines on purpose: a job's whole life in one process (data, model, fit, test, cost, result), read top to bottom.
+
 A job builds its datamodule and model from the config entry, applies the model's offline substitutes, fits
 and tests with anomalib's ``Engine`` (the model's evaluator replaced by the seven-metric one, see
 :mod:`.metrics`), measures the cost (see :mod:`.cost`) and writes ``result.json`` next to ``job.json``

@@ -3,6 +3,9 @@
 
 """Tables from job results: ``results.csv``, ``results.json`` and ``report.md`` (plots: :mod:`.plots`).
 
+Over 400 lines on purpose: the markdown, HTML and LaTeX renderings of the same tables, kept together so they cannot
+disagree.
+
 Rows are one per job and category, plus one ``mean`` row per (model, dataset, mode, seed): the mean over
 categories of each metric (the multi-class convention; mAD of the mean row is the mean of the seven means).
 For per-category jobs each category has its own cost; the mean row's cost columns are the mean over those

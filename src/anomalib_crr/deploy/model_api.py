@@ -3,6 +3,8 @@
 
 """Serve exported anomalib OpenVINO IRs with the OpenVINO Model API (``openvino-model-api``).
 
+Over 400 lines on purpose: the rt_info writer and the Model API loader must agree key for key, so they live in one file.
+
 Intel Geti and anomalib's deployment docs serve anomaly models with Model API's ``AnomalyDetection`` wrapper.
 That wrapper reads its configuration from the IR's runtime info (``rt_info``, section ``model_info``), but
 anomalib 2.7's ``to_openvino`` writes no ``rt_info`` at all, for built-in models too. Model API then loads the IR

@@ -3,6 +3,9 @@
 
 """INT8 post-training quantisation (nncf) of an exported anomalib model, for any ``AnomalibModule``.
 
+Over 400 lines on purpose: the PTQ and accuracy-controlled paths share calibration data, scope selection and the IR
+checks.
+
 anomalib 2.7's ``INT8_PTQ`` / ``INT8_ACQ`` export fails or ships a useless model, for its own models as for ours
 (measured on PaDiM and MFRNet, tire, lite0 weights):
 
