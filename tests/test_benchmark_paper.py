@@ -117,7 +117,8 @@ def test_defect_type_auroc_is_good_against_that_type_only(tmp_path: Path) -> Non
     assert "| model | mode | n | scratch (4/2) | stain (4/2) |" in table
     # scratch: mean of 1 and 0.875, std |1 - 0.875| / sqrt 2; stain: 0.25 ± 0.354
     assert "| Padim | per_category | 2 | 0.938 ± 0.088 | 0.250 ± 0.354 |" in table
-    assert "Pixel AUROC and AUPRO per defect type are not given" in table
+    assert "Pixel AUROC and AUPRO per defect type are computed" in table
+    assert "No job kept `defect_maps.npz` (no ground-truth masks): n/a everywhere." in table  # these jobs kept none
 
 
 def _written_run(tiny_dataset: Path, tmp_path: Path) -> Path:

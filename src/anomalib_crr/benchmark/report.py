@@ -594,8 +594,9 @@ def report_lines(
         "optimizers.",
         f"- Also written: `{TEX}` (this mean table for a paper: booktabs, percent, best per column in bold), "
         f"`{WIDE_CSV}` (one row per model, mean and std columns per dataset/category/metric), `{DEFECTS_CSV}` "
-        "(image AUROC per defect type, per job and seed); `anomalib-crr benchmark compare RUN A B` tests two "
-        "models against each other on the same test images (paired bootstrap and DeLong).",
+        "(image AUROC, pixel AUROC and pixel AUPRO per defect type, per job and seed); "
+        "`anomalib-crr benchmark compare RUN A B` tests two models against each other on the same test images "
+        "(paired bootstrap and DeLong).",
         "",
         "## Mean over categories (sorted by mAD)",
         "",
