@@ -113,7 +113,11 @@ def test_a_pool_run_stopped_before_retiming_is_retimed_on_resume(tiny_dataset: P
     assert set(frame["model"]) == {"Padim", "PadimB", "PadimC"}
     assert set(frame["latency_measured"]) <= QUIET_LABELS, frame["latency_measured"].tolist()
     assert all(math.isfinite(v) and v >= 0 for v in [*frame["load_before"], *frame["load_after"]])
-    assert "`retime-busy`" in (output / "report.md").read_text()  # the legend explains every label
+    report = (output / "report.md").read_text()
+    assert "`retime-busy`" in report  # the legend explains every label
+    counts = frame[frame["category"] != "mean"]["latency_measured"].value_counts()
+    summary = ", ".join(f"{label} {count}" for label, count in sorted(counts.items()))
+    assert f"- How the latencies were measured (jobs): {summary}" in report  # what happened, not only what was meant
 
 
 # --- the load check, with injected load readings -----------------------------------------------------------------

@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import math
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -575,6 +575,10 @@ def report_lines(
         )
     for timing in sorted({r["cost"].get("timing", DEFAULT_TIMING) for r in ok}):
         lines.append(f"- Latency and throughput timing: {timing}")
+    measured = Counter(latency_measured(r["cost"]) for r in ok)
+    if measured:  # what happened, beside what was planned: a busy re-timing is not "alone"
+        counts = ", ".join(f"{label} {count}" for label, count in sorted(measured.items()))
+        lines.append(f"- How the latencies were measured (jobs): {counts}")
     lines += [
         f"- Jobs with results: {len(ok)} ok, {len(results) - len(ok)} failed; not run yet: {len(missing)}",
         "- Metrics: anomalib `AUROC`, `F1Max`, `AUPRO` (FPR <= 0.3) and torchmetrics' exact average precision "
