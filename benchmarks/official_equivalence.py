@@ -17,7 +17,8 @@ Usage::
         [--images a.png b.png] [--markdown out.md]
 
 ViT-B at 392² with the 192-wide seg head (the released configuration) takes a few minutes on a 2-core CPU;
-``--arch small --size 224`` checks the same code paths in seconds.
+``--arch small`` does not run: the official seg head's last stage is 48
+channels at every width, ours scales with ``seg_base_width`` (CRR README deviation 20), so the loader refuses it.
 """
 
 from __future__ import annotations
