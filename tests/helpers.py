@@ -139,3 +139,16 @@ PATCHCORE_ENTRY: dict[str, Any] = {
     "image_size": [64, 64],
     "init_args": {"backbone": "resnet18", "layers": ["layer2"], "pre_trained": False, "coreset_sampling_ratio": 0.1},
 }
+
+
+def as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test stops with SIGINT, as Ctrl-C in a terminal would.
+
+    A shell without job control starts background commands (``bash .ci/run &``, a CI runner's script step) with
+    SIGINT *ignored*, and children inherit that; Python then installs no ``KeyboardInterrupt`` handler, so the
+    test's SIGINT would do nothing. A program started from a terminal has SIGINT's default action, which this
+    restores in the child only.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -28,7 +28,7 @@ import yaml
 
 from anomalib_crr.benchmark import ConfigError, run
 
-from .helpers import PADIM_ENTRY, PATCHCORE_ENTRY, small_benchmark_config
+from .helpers import PADIM_ENTRY, PATCHCORE_ENTRY, as_in_a_terminal, small_benchmark_config
 
 JOB_MODULE = "anomalib_crr.benchmark.job"
 
@@ -43,7 +43,12 @@ def _cli(config: Path, output: Path, *extra: str) -> subprocess.Popen[str]:
     """``anomalib-crr benchmark`` in its own process (as a user starts it), output captured."""
     command = [sys.executable, "-m", "anomalib_crr", "benchmark", "--config", str(config), "--output", str(output)]
     return subprocess.Popen(
-        [*command, *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ}
+        [*command, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ},
+        preexec_fn=as_in_a_terminal,  # noqa: PLW1509 - only restores SIGINT's default before exec
     )
 
 

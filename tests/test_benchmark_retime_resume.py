@@ -27,7 +27,7 @@ from anomalib_crr.benchmark import run
 from anomalib_crr.benchmark.cost import latency_measured
 from anomalib_crr.benchmark.retime import BUSY_LABEL, machine_busy, retime, time_when_quiet
 
-from .helpers import PADIM_ENTRY, small_benchmark_config
+from .helpers import PADIM_ENTRY, as_in_a_terminal, small_benchmark_config
 
 QUIET_LABELS = {"exclusive", BUSY_LABEL}  # re-timed alone; the second when the machine's load showed other work
 
@@ -73,6 +73,7 @@ def test_a_pool_run_stopped_before_retiming_is_retimed_on_resume(tiny_dataset: P
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ},
+        preexec_fn=as_in_a_terminal,  # noqa: PLW1509 - only restores SIGINT's default before exec
     )
     try:
         _wait_for(lambda: _ok_results(output), 300, "a first finished pool job")
