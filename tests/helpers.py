@@ -152,3 +152,19 @@ def as_in_a_terminal() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    """Poll ``condition()`` every 0.2 s until it returns something truthy (returned), failing after ``timeout`` s."""
+    import time
+
+    import pytest
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    return None

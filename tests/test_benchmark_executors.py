@@ -28,7 +28,7 @@ import yaml
 
 from anomalib_crr.benchmark import ConfigError, run
 
-from .helpers import PADIM_ENTRY, PATCHCORE_ENTRY, as_in_a_terminal, small_benchmark_config
+from .helpers import PADIM_ENTRY, PATCHCORE_ENTRY, as_in_a_terminal, small_benchmark_config, wait_for
 
 JOB_MODULE = "anomalib_crr.benchmark.job"
 
@@ -62,17 +62,6 @@ def _job_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-    return None
-
-
 # --- Ctrl-C and resume across executors ------------------------------------------------------------------------
 
 
@@ -81,12 +70,12 @@ def test_ctrl_c_stops_every_pool_job_and_local_finishes_without_recomputing(tiny
     config = _config(tmp_path, tiny_dataset, [PADIM_ENTRY, PATCHCORE_ENTRY, slow_padim])
     output = tmp_path / "run"
     runner = _cli(config, output, "--executor", "pool", "--workers", "2", "--no-exclusive-timing")
-    finished = _wait_for(
+    finished = wait_for(
         lambda: [p for p in output.glob("jobs/*/result.json") if json.loads(p.read_text())["status"] == "ok"],
         240,
         "a first finished pool job",
     )
-    _wait_for(lambda: _job_processes(str(output)), 120, "a running job after the first finished")
+    wait_for(lambda: _job_processes(str(output)), 120, "a running job after the first finished")
     runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
     out, _ = runner.communicate(timeout=120)
     assert runner.returncode == 130, out
@@ -226,9 +215,9 @@ FIRST_TASK_START_S = 900
 
 def _kill_worker_of(job_name: str) -> tuple[int, int]:
     """SIGKILL the Ray worker running ``job_name``'s job process; returns (worker pid, job pid)."""
-    job = _wait_for(
-        lambda: _job_processes(f"anomalib-crr-{job_name}"), FIRST_TASK_START_S, f"{job_name}'s job process"
-    )[0]
+    job = wait_for(lambda: _job_processes(f"anomalib-crr-{job_name}"), FIRST_TASK_START_S, f"{job_name}'s job process")[
+        0
+    ]
     time.sleep(2.0)  # well into the job
     worker = job.parent()
     assert "python" in worker.name() or "ray" in " ".join(worker.cmdline()).lower()

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,20 +26,9 @@ from anomalib_crr.benchmark import run
 from anomalib_crr.benchmark.cost import latency_measured
 from anomalib_crr.benchmark.retime import BUSY_LABEL, machine_busy, retime, time_when_quiet
 
-from .helpers import PADIM_ENTRY, as_in_a_terminal, small_benchmark_config
+from .helpers import PADIM_ENTRY, as_in_a_terminal, small_benchmark_config, wait_for
 
 QUIET_LABELS = {"exclusive", BUSY_LABEL}  # re-timed alone; the second when the machine's load showed other work
-
-
-def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-    return None
 
 
 def _ok_results(output: Path) -> list[Path]:
@@ -76,7 +64,7 @@ def test_a_pool_run_stopped_before_retiming_is_retimed_on_resume(tiny_dataset: P
         preexec_fn=as_in_a_terminal,  # noqa: PLW1509 - only restores SIGINT's default before exec
     )
     try:
-        _wait_for(lambda: _ok_results(output), 300, "a first finished pool job")
+        wait_for(lambda: _ok_results(output), 300, "a first finished pool job")
         runner.send_signal(signal.SIGINT)
         out, _ = runner.communicate(timeout=120)
     finally:
